@@ -1,0 +1,327 @@
+"""The ``elit`` command line.
+
+Every user error ends in one line on stderr and exit code 2; ``--debug`` shows
+the traceback.  Long work shows progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from elit.errors import ElitError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def _registry():
+    from elit.plugins import default_registry
+
+    return default_registry()
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_plugins(args) -> int:
+    rows = _registry().rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ("kind", "name", "plugin", "package", "version", "description")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in cols[:-1]}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols[:-1]) + "  DESCRIPTION")
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols[:-1]) + "  " + r["description"])
+    return 0
+
+
+def schemas(registry=None) -> dict[str, dict]:
+    """JSON Schemas of the pipeline config and of every registered stage's Config, keyed by file name."""
+    from elit.config import PipelineConfig
+
+    registry = registry or _registry()
+    out = {"pipeline.schema.json": PipelineConfig.model_json_schema()}
+    for (kind, name), entry in sorted(registry.stages.items()):
+        schema = entry.cls.Config.model_json_schema()
+        schema["title"] = f"{kind} {name}"
+        schema["description"] = entry.cls.description
+        out[f"{kind}.{name}.schema.json"] = schema
+    return out
+
+
+def cmd_schema(args) -> int:
+    docs = schemas()
+    if not args.out:
+        name = "pipeline.schema.json" if not args.stage else None
+        if args.stage:
+            kind, _, sname = args.stage.partition(":")
+            name = f"{kind}.{sname}.schema.json"
+            if name not in docs:
+                raise ElitError(f"no stage {args.stage!r}; use KIND:NAME as listed by `elit plugins`")
+        print(json.dumps(docs[name], indent=2, sort_keys=True))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.schema.json"):
+        if stale.name not in docs:
+            stale.unlink()
+    for name, doc in docs.items():
+        (out / name).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(docs)} schemas to {out}/")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from elit.store import RunStore
+
+    store = RunStore.open(args.file, mode="r")
+    print(store.tree(verbose=args.verbose))
+    missing = store.missing_plugins(_registry())
+    if missing:
+        print(f"note: this file was made with plugins not installed here: {', '.join(missing)}")
+    return 0
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise ElitError(f"{path} exists; pass --overwrite to replace it")
+    if path.parent and not path.parent.exists():
+        raise ElitError(f"output folder {path.parent} does not exist")
+
+
+def cmd_run(args) -> int:
+    from elit.config import load_config
+    from elit.pipeline import Pipeline
+
+    if args.resume:
+        from elit.store import RunStore
+
+        stored = RunStore.open(args.resume, mode="r").read_config()
+        config = load_config(raw=stored, overrides=args.set)
+        result = Pipeline(config).run(store=args.resume, resume=True)
+        _print_summary(result)
+        return 0
+    if not args.config and not args.recipe:
+        raise ElitError("give a CONFIG file or --recipe NAME (recipes: see `elit run --help`)")
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.path={json.dumps(args.data)}")
+    if args.pixel_size:
+        overrides.append(f"scale.input_pixel_size={args.pixel_size}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    config = load_config(args.config, recipe=args.recipe, overrides=overrides)
+    out = Path(args.out)
+    _check_output(out, args.overwrite)
+    pipeline = Pipeline(config)
+    result = pipeline.run(store=out, overwrite=args.overwrite)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    print(f"{'iteration':>9}  {'kind':<13} {'atoms':>7}  {'rate':>6}  {'seconds':>8}  members")
+    for s in result.iterations:
+        rate = "-" if s.detection_rate is None else f"{s.detection_rate:.3f}"
+        print(f"{s.iteration:>9}  {s.kind:<13} {s.n_atoms:>7}  {rate:>6}  {s.seconds:>8.1f}  {s.members}")
+    if result.path:
+        print(f"results: {result.path}")
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    from elit.config import load_config
+    from elit.figures import training_gallery
+    from elit.pipeline import Pipeline, derive_seed
+
+    config = load_config(args.config, recipe=None if args.config else "graphene", overrides=args.set)
+    pipeline = Pipeline(config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    px = config.scale.pixel_size
+    ts = pipeline.stages["simulator"].simulate(args.n, np.random.default_rng(derive_seed(config.seed, 0, "simulator")), px)
+    training_gallery(ts, out / "simulated.png", n=min(args.n, 8))
+    written = [out / "simulated.png"]
+    if "augmenter" in pipeline.stages:
+        aug = pipeline.stages["augmenter"].augment(ts, np.random.default_rng(derive_seed(config.seed, 0, "augmenter")))
+        training_gallery(aug, out / "augmented.png", n=min(args.n, 8))
+        written.append(out / "augmented.png")
+    for w in written:
+        print(f"wrote {w}")
+    return 0
+
+
+def cmd_atoms(args) -> int:
+    from elit.results import export_atoms_csv
+
+    out = Path(args.out)
+    _check_output(out, args.overwrite)
+    n = export_atoms_csv(args.result, out, iteration=args.iteration)
+    print(f"wrote {n} atoms to {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from elit.results import predict_file
+
+    out = Path(args.out)
+    _check_output(out, args.overwrite)
+    n = predict_file(args.result, args.data, out, iteration=args.iteration, pixel_size=args.pixel_size,
+                     overwrite=args.overwrite, device=args.device)
+    print(f"wrote predictions and {n} atoms to {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from elit.report import write_report
+
+    paths = write_report(args.result, Path(args.out), html=args.html)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_gallery(args) -> int:
+    from elit.report import member_gallery
+
+    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    path = member_gallery(args.result, Path(args.out), iteration=args.iteration, frames=frames)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from elit.results import continue_with_members
+
+    members = [int(m) for m in args.members.split(",") if m.strip()]
+    result = continue_with_members(args.result, members)
+    _print_summary(result)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from elit.demo import run_demo
+
+    overrides = list(args.set)
+    return run_demo(case=args.case, out=Path(args.out), overwrite=args.overwrite, overrides=overrides,
+                    executor=args.executor, workers=args.workers)
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elit", description="Find and classify atoms with ensembles of networks trained iteratively (ELIT).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("plugins", help="list installed stages: kind, name, plugin, package, version, description")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("schema", help="print or write JSON Schemas of the config and every stage")
+    s.add_argument("--out", help="folder to write every schema into")
+    s.add_argument("--stage", help="print one stage's schema, as KIND:NAME")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("inspect", help="print a result file's iterations and stages with their provenance")
+    s.add_argument("file")
+    s.add_argument("-v", "--verbose", action="store_true", help="list every dataset and attribute")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("run", help="run the ELIT loop from a config file or recipe")
+    s.add_argument("config", nargs="?", help="YAML config (starts from --recipe when given)")
+    s.add_argument("--recipe", help="a shipped recipe: graphene, perovskite")
+    s.add_argument("--data", help="input image or stack (.npy, .tif, .png, .h5[:/path], .hspy, .dm3/.dm4)")
+    s.add_argument("--out", default="elit-run.h5", help="result HDF5 file (default: elit-run.h5)")
+    s.add_argument("--pixel-size", type=float, help="input pixel size in Angstrom/px (default: metadata or estimate)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where networks run")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. trainer.params.n_members=4")
+    s.add_argument("--resume", metavar="RESULT.h5", help="continue an interrupted run in this file")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("simulate", help="write gallery PNGs of simulated (and augmented) training pairs")
+    s.add_argument("config", nargs="?", help="YAML config (default: the graphene recipe)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("-n", type=int, default=8, help="number of pairs to draw")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("atoms", help="export the atom table as CSV (frame,x,y,class,probability,uncertainty)")
+    s.add_argument("result")
+    s.add_argument("--iteration", default="last", help="iteration number or 'last'")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_atoms)
+
+    s = sub.add_parser("predict", help="apply a trained ensemble to new data without retraining")
+    s.add_argument("result")
+    s.add_argument("data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--iteration", default="last")
+    s.add_argument("--pixel-size", type=float)
+    s.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="write the figures (and an HTML report) of a run")
+    s.add_argument("result")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--html", action="store_true", help="also write a self-contained report.html")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("gallery", help="PNG grid of every member's prediction, to choose members by eye")
+    s.add_argument("result")
+    s.add_argument("--frames", help="comma-separated frame indices (default: first, middle, last)")
+    s.add_argument("--iteration", type=int, default=0)
+    s.add_argument("--out", default="gallery.png")
+    s.set_defaults(func=cmd_gallery)
+
+    s = sub.add_parser("select", help="choose members by hand and continue the run from there")
+    s.add_argument("result")
+    s.add_argument("--members", required=True, help="comma-separated member indices, e.g. 3,7")
+    s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("demo", help="run the embedded demo end to end and print a summary")
+    s.add_argument("--case", choices=["graphene", "perovskite"], default="graphene")
+    s.add_argument("--out", default="elit-demo", help="output folder (default: ./elit-demo)")
+    s.add_argument("--overwrite", action="store_true", help="replace earlier demo results in the folder")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--executor", choices=["local", "dask"], default="local")
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``elit`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="elit: %(message)s", stream=sys.stderr
+    )
+    try:
+        return args.func(args) or 0
+    except ElitError as err:
+        if args.debug:
+            raise
+        for line in str(err).splitlines() or ["error"]:
+            print(f"elit: error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("elit: interrupted; finished stages are kept (resume with `elit run --resume FILE`)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"elit: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

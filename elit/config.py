@@ -1,0 +1,275 @@
+"""Pipeline configuration: strict pydantic models, YAML loading, overrides, two-step validation.
+
+A pipeline config names each stage as ``{name, params}``.  Step one validates
+the structure (:class:`PipelineConfig`); step two looks up each stage class in
+the registry by ``(kind, name)`` and validates ``params`` with that class's
+``Config`` (:func:`resolve_stages`).  Third-party stages therefore validate
+exactly like built-ins.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from elit.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+STAGE_FIELDS = ("simulator", "augmenter", "architecture", "trainer", "selector", "refiner", "classifier")
+"""Config keys of the stages, in pipeline order; each key equals the stage kind."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageSpec(_Strict):
+    """Which registered stage to use and its parameters."""
+
+    name: str = Field(description="Registered name of the stage (see `elit plugins`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Settings validated by the stage's own Config.")
+
+
+class ScaleConfig(_Strict):
+    """Working ("canonical") scale and the input's pixel size."""
+
+    pixel_size: float = Field(0.2, gt=0.01, le=2.0, description="Working scale in Angstrom per pixel; frames are resampled to it.")
+    input_pixel_size: float | None = Field(
+        None, gt=0.0, le=100.0, description="Pixel size of the input (Angstrom/px); None: from file metadata, else estimated."
+    )
+    lattice: Literal["graphene", "perovskite", "square"] = Field(
+        "graphene", description="Lattice used to estimate the pixel size from the image when it is not known."
+    )
+    lattice_spacing: float | None = Field(None, gt=0.0, description="Lattice constant for the estimate (Angstrom); None: the lattice's default.")
+
+
+class IterationConfig(_Strict):
+    """The ELIT loop's iteration plan."""
+
+    max_iterations: int = Field(3, ge=0, le=50, description="Retraining iterations after iteration 0 (0: simulation-trained ensemble only).")
+    min_improvement: float = Field(
+        0.005, ge=0.0, le=1.0, description="Stop when the detection rate improves by less than this between iterations."
+    )
+    warm_start: bool = Field(True, description="Start retraining from the selected members' weights instead of from scratch.")
+    multiclass: bool = Field(False, description="After the loop, classify atoms and train a multi-class ensemble.")
+    n_simulated: int = Field(256, ge=1, le=1_000_000, description="Number of simulated training images for iteration 0.")
+    expected_density: float | None = Field(
+        None, gt=0.0, description="Expected atoms per square Angstrom (graphene 0.382) for the detection rate; None: not reported."
+    )
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability threshold for locating atoms.")
+
+
+class DataConfig(_Strict):
+    """Where the frames come from."""
+
+    path: str | None = Field(None, description="Image file (.npy, .tif, .png, .h5[:/dataset], .hspy, .dm3/.dm4); the CLI's --data overrides it.")
+    nan_policy: Literal["refuse", "fill"] = Field("refuse", description="What to do with NaN/Inf pixels: refuse the input or fill them with the median.")
+
+
+class PipelineConfig(_Strict):
+    """A whole ELIT run."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Version of this config schema.")
+    seed: int = Field(0, ge=0, description="Root seed; every stage and member derives its own seed from it.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where networks run: auto picks CUDA when present.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The input frames.")
+    scale: ScaleConfig = Field(default_factory=ScaleConfig, description="Pixel sizes.")
+    iterations: IterationConfig = Field(default_factory=IterationConfig, description="The iteration plan.")
+    simulator: StageSpec = Field(default_factory=lambda: StageSpec(name="graphene"), description="Makes iteration 0's training data.")
+    augmenter: StageSpec | None = Field(
+        default_factory=lambda: StageSpec(name="standard"), description="Augments the simulated training data (null: none)."
+    )
+    architecture: StageSpec = Field(default_factory=lambda: StageSpec(name="compact-unet"), description="Each member's network.")
+    trainer: StageSpec = Field(default_factory=lambda: StageSpec(name="multi-swa"), description="Trains the ensembles.")
+    selector: StageSpec = Field(default_factory=lambda: StageSpec(name="auto"), description="Chooses the artifact-free members.")
+    refiner: StageSpec = Field(default_factory=lambda: StageSpec(name="gmm-patches"), description="Builds training data from the experiment.")
+    classifier: StageSpec | None = Field(
+        default_factory=lambda: StageSpec(name="intensity"), description="Splits atoms into classes for the multi-class iteration (null: none)."
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(f"config schema_version {v} is newer than this elit understands ({SCHEMA_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _multiclass_needs_classifier(self) -> PipelineConfig:
+        if self.iterations.multiclass and self.classifier is None:
+            raise ValueError("iterations.multiclass is true but no classifier is configured")
+        return self
+
+    def stage_specs(self) -> dict[str, StageSpec]:
+        """The configured stages, keyed by kind, in pipeline order (unset optional ones left out)."""
+        return {k: getattr(self, k) for k in STAGE_FIELDS if getattr(self, k) is not None}
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) of the whole config."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def sha256(self) -> str:
+        """Checksum of :meth:`to_json`."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """Turn a pydantic error into lines naming the field, the problem and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        ctx = e.get("ctx") or {}
+        if "expected" in ctx:
+            msg += f" (allowed: {ctx['expected']})"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{where}: {loc}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def _validate_structure(raw: dict) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        allowed = ", ".join(PipelineConfig.model_fields)
+        text = format_validation_error(err, "config")
+        if "unknown field" in text:
+            text += f"\nconfig: top-level fields are: {allowed}"
+        raise ConfigError(text) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value as YAML) into a key path and a value."""
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, _, value = item.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with ``key.path=value`` overrides applied."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a dict, with clear errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"config path {str(p)!r} is a directory, not a YAML file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with elit."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-5] for p in files("elit.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict:
+    """Return a shipped recipe as a raw dict."""
+    from importlib.resources import files
+
+    if name not in recipe_names():
+        raise ConfigError(f"no recipe named {name!r}; recipes: {', '.join(recipe_names()) or 'none'}")
+    import yaml
+
+    return yaml.safe_load(files("elit.recipes").joinpath(f"{name}.yaml").read_text()) or {}
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base`` (a stage's ``name`` change resets its params)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            if "name" in v and v.get("name") != out[k].get("name"):
+                out[k] = copy.deepcopy(v)
+            else:
+                out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, recipe: str | None = None, overrides: list[str] = (), raw: dict | None = None
+) -> PipelineConfig:
+    """Build a structurally valid config from a recipe, a YAML file, a dict and overrides (in that order)."""
+    data: dict = {}
+    if recipe:
+        data = merge(data, load_recipe(recipe))
+    if path is not None:
+        data = merge(data, load_yaml(path))
+    if raw:
+        data = merge(data, raw)
+    data = apply_overrides(data, list(overrides))
+    return _validate_structure(data)
+
+
+def build_stages(specs: dict[str, StageSpec], registry=None) -> dict[str, Any]:
+    """Build stages from ``{kind: StageSpec}``, validating each one's params with its class's Config.
+
+    Raises
+    ------
+    ConfigError
+        Naming the stage, the field, the problem and what is allowed.
+    """
+    from elit.plugins import default_registry
+
+    registry = registry or default_registry()
+    stages = {}
+    for kind, spec in specs.items():
+        cls = registry.get_stage(kind, spec.name)
+        try:
+            stages[kind] = cls(spec.params)
+        except ValidationError as err:
+            fields = ", ".join(cls.Config.model_fields) or "none"
+            text = format_validation_error(err, f"{kind} {spec.name!r}: params")
+            raise ConfigError(f"{text}\n{kind} {spec.name!r} accepts: {fields}") from None
+    return stages
+
+
+def resolve_stages(config: PipelineConfig, registry=None) -> dict[str, Any]:
+    """Step two of validation: build every stage the config names (see :func:`build_stages`)."""
+    return build_stages(config.stage_specs(), registry)

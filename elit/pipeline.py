@@ -1,0 +1,557 @@
+"""The Pipeline: runs the ELIT loop's stages in order and is the only code that talks to the store.
+
+Iteration 0 trains an ensemble on simulated data and applies every member to
+the frames; a Selector chooses the artifact-free members.  Each further
+iteration refines a training set from the experiment, retrains (warm-started
+from the selected members by default), predicts and selects again, until the
+detection rate stops improving.  An optional multi-class iteration classifies
+the atoms and trains a multi-class ensemble.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from elit.config import STAGE_FIELDS, PipelineConfig, build_stages, load_config
+from elit.data import AtomTable, Selection, TrainingSet
+from elit.errors import ConfigError, InputError
+from elit.stages import STAGE_KINDS, Stage
+
+log = logging.getLogger("elit")
+
+PREDICT = "predict"
+"""Kind of the pipeline's own step that applies an ensemble and locates atoms."""
+STEP_ORDER = STAGE_FIELDS + (PREDICT,)
+
+
+def derive_seed(root: int, iteration: int, step: str, member: int | None = None) -> int:
+    """Derive a reproducible 32-bit seed for one step (and member) from the root seed."""
+    key = [int(iteration), STEP_ORDER.index(step)]
+    if member is not None:
+        key.append(int(member))
+    return int(np.random.SeedSequence(entropy=int(root), spawn_key=tuple(key)).generate_state(1)[0])
+
+
+@dataclass
+class IterationSummary:
+    """What one iteration produced, for tables and stopping decisions."""
+
+    iteration: int
+    kind: str
+    n_atoms: int
+    atoms_per_frame: list[int]
+    detection_rate: float | None
+    members: list[int]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunResult:
+    """The outcome of :meth:`Pipeline.run`."""
+
+    path: Path | None
+    atoms: AtomTable
+    mean: np.ndarray
+    std: np.ndarray
+    ensemble: Any
+    selection: Selection
+    iterations: list[IterationSummary] = field(default_factory=list)
+    input_pixel_size: float = 0.0
+    working_pixel_size: float = 0.0
+
+
+@dataclass
+class _State:
+    """Arrays carried from one step to the next."""
+
+    ensemble: Any = None
+    predictions: np.ndarray | None = None
+    selection: Selection | None = None
+    atoms: AtomTable | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Runs the configured stages; built from a config or composed in Python.
+
+    Parameters
+    ----------
+    config : PipelineConfig or dict, optional
+        The run's settings (defaults: the built-in graphene set-up).
+    registry : Registry, optional
+        Where stage names are looked up (default: installed plugins).
+    **stages : Stage
+        Stage instances replacing the configured ones, keyed by kind
+        (``simulator=``, ``trainer=``, ...).
+    """
+
+    def __init__(self, config: PipelineConfig | dict | None = None, *, registry=None, **stages: Stage) -> None:
+        from elit.plugins import default_registry
+
+        if config is None or isinstance(config, dict):
+            config = load_config(raw=config or {})
+        self.registry = registry or default_registry()
+        unknown = set(stages) - set(STAGE_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown stage kind(s) {sorted(unknown)}; kinds: {', '.join(STAGE_FIELDS)}")
+        for kind, stage in stages.items():
+            if stage is not None and not isinstance(stage, STAGE_KINDS[kind]):
+                raise ConfigError(f"{kind}= needs a {STAGE_KINDS[kind].__name__}, got {type(stage).__name__}")
+        # Record programmatic stages in the config so the stored config describes the run.
+        updates = {}
+        for kind, stage in stages.items():
+            updates[kind] = None if stage is None else {"name": stage.name, "params": stage.get_params()}
+        if updates:
+            config = PipelineConfig.model_validate({**config.model_dump(mode="json"), **updates})
+        self.config = config
+        given = {k: v for k, v in stages.items() if v is not None}
+        specs = {k: spec for k, spec in config.stage_specs().items() if k not in given}
+        self.stages: dict[str, Stage] = {**build_stages(specs, self.registry), **given}
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig | dict | str | Path, registry=None) -> Pipeline:
+        """Build from a config object, a dict or a YAML path."""
+        if isinstance(config, (str, Path)):
+            config = load_config(config)
+        return cls(config, registry=registry)
+
+    # ------------------------------------------------------------------ provenance
+    def _stage_info(self, kind: str, iteration: int, seed: int, used: list[str]) -> dict[str, Any]:
+        from elit import __version__
+
+        if kind == PREDICT:
+            return {
+                "name": "ensemble-predict",
+                "plugin": "elit",
+                "package": "elit",
+                "plugin_version": __version__,
+                "stage_version": __version__,
+                "config": {"threshold": self.config.iterations.threshold},
+                "seed": seed,
+                "used": used,
+            }
+        stage = self.stages[kind]
+        entry = self.registry.stages.get((kind, stage.name))
+        if entry is not None and entry.cls is type(stage):
+            plugin, package, pversion = entry.plugin, entry.package, entry.package_version
+        else:
+            plugin, package, pversion = "python", type(stage).__module__.split(".")[0], "unknown"
+        return {
+            "name": stage.name,
+            "plugin": plugin,
+            "package": package,
+            "plugin_version": pversion,
+            "stage_version": str(stage.version),
+            "config": stage.get_params(),
+            "seed": seed,
+            "used": used,
+        }
+
+    def environment(self, device: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Versions of the software and the plugins, for the store."""
+        import platform
+        import sys
+
+        import h5py
+        import torch
+
+        from elit import __version__
+
+        env = {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "elit": __version__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "h5py": h5py.__version__,
+            "device": device,
+        }
+        try:
+            from importlib.metadata import version
+
+            env["sidpy"] = version("sidpy")
+            env["pyNSID"] = version("pyNSID")
+        except Exception:  # pragma: no cover - metadata missing
+            pass
+        return env, self.registry.rows()
+
+    # ------------------------------------------------------------------ input
+    def prepare(self, frames: np.ndarray, pixel_size: float | None) -> tuple[np.ndarray, float, float]:
+        """Resample raw frames to the working scale and normalise them.
+
+        Returns
+        -------
+        working : ndarray (N, H', W') float32
+        input_pixel_size : float
+        factor : float
+            Working pixels per input pixel (``input_pixel_size / working``).
+        """
+        from elit.scale import estimate_pixel_size, normalize, resample
+
+        frames = np.asarray(frames)
+        if frames.ndim == 2:
+            frames = frames[None]
+        if frames.ndim != 3:
+            raise InputError(f"frames must be a 2-D image or a 3-D stack (frames, rows, cols), got shape {frames.shape}")
+        px = self.config.scale.input_pixel_size or pixel_size
+        if px is None:
+            px, confidence = estimate_pixel_size(
+                frames[0].astype(np.float32), lattice=self.config.scale.lattice, spacing_A=self.config.scale.lattice_spacing
+            )
+            log.info("estimated pixel size %.4f A/px (confidence %.2f)", px, confidence)
+            if not np.isfinite(px) or px <= 0:
+                raise InputError("the pixel size could not be estimated; give it with --pixel-size")
+        factor = float(px) / self.config.scale.pixel_size
+        working = resample(frames.astype(np.float32), factor)
+        return normalize(working), float(px), factor
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        frames: np.ndarray | None = None,
+        *,
+        pixel_size: float | None = None,
+        store: str | Path | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+        input_name: str = "frames",
+        source: dict[str, Any] | None = None,
+        on_iteration: Callable[[IterationSummary, AtomTable], None] | None = None,
+    ) -> RunResult:
+        """Run the whole ELIT loop on ``frames``.
+
+        Parameters
+        ----------
+        frames : ndarray (N, H, W) or (H, W)
+            Raw frames; read from ``config.data.path`` when None.  On resume,
+            taken from the store.
+        pixel_size : float, optional
+            Input pixel size (Angstrom/px) when known from the file.
+        store : path, optional
+            The run's HDF5 file; a temporary file is used when None.
+        overwrite : bool
+            Replace an existing store file.
+        resume : bool
+            Continue the run in ``store``, redoing only unfinished steps.
+        on_iteration : callable, optional
+            Called after each iteration with its summary and atoms (input pixels).
+        """
+        import tempfile
+
+        from elit.devices import resolve_device
+        from elit.store import RunStore
+
+        tmpdir = None
+        if store is None:
+            tmpdir = tempfile.TemporaryDirectory(prefix="elit-")
+            store = Path(tmpdir.name) / "run.h5"
+        store = Path(store)
+        device = resolve_device(self.config.device)
+        source = dict(source or {})
+
+        if resume:
+            rs = RunStore.open(store, mode="a")
+            stored = rs.read_config()
+            if stored.get("seed") != self.config.seed:
+                raise ConfigError(f"{store} was made with seed {stored.get('seed')}, not {self.config.seed}; resume with the same config")
+            frames, pixel_size, _meta = rs.read_input(input_name)
+        else:
+            if frames is None:
+                if not self.config.data.path:
+                    raise InputError("no input: give frames or set data.path / --data")
+                from elit.readers import read_image
+
+                image = read_image(self.config.data.path)
+                frames, pixel_size = image.frames, pixel_size or image.pixel_size
+                source.setdefault("source", image.source)
+                source.setdefault("sha256", image.sha256)
+                source.setdefault("metadata", image.metadata)
+            rs = RunStore.create(store, overwrite=overwrite)
+            rs.write_config(self.config.model_dump(mode="json"))
+            env, plugins = self.environment(device)
+            rs.write_environment(env, plugins)
+            raw = np.asarray(frames)
+            raw = raw[None] if raw.ndim == 2 else raw
+            rs.write_input(
+                input_name,
+                raw,
+                pixel_size=self.config.scale.input_pixel_size or pixel_size,
+                source=source.get("source"),
+                sha256=source.get("sha256"),
+                metadata=source.get("metadata"),
+            )
+            frames = raw
+
+        working, input_px, factor = self.prepare(frames, pixel_size)
+        runner = _Runner(self, rs, working, input_px, factor, device, input_name, on_iteration)
+        try:
+            result = runner.run()
+        finally:
+            if tmpdir is not None:
+                tmpdir.cleanup()
+        result.path = None if tmpdir is not None else store
+        return result
+
+
+class _Runner:
+    """One execution of the loop against one store (kept apart so Pipeline stays a plain recipe)."""
+
+    def __init__(self, pipeline: Pipeline, store, frames, input_px, factor, device, input_name, on_iteration):
+        self.p = pipeline
+        self.cfg = pipeline.config
+        self.store = store
+        self.frames = frames
+        self.input_px = input_px
+        self.factor = factor
+        self.px = pipeline.config.scale.pixel_size
+        self.device = device
+        self.input_path = f"/inputs/{input_name}"
+        self.on_iteration = on_iteration
+        self.summaries: list[IterationSummary] = []
+
+    # -- helpers
+    def seed(self, iteration: int, kind: str) -> int:
+        return derive_seed(self.cfg.seed, iteration, kind)
+
+    def rng(self, iteration: int, kind: str) -> np.random.Generator:
+        return np.random.default_rng(self.seed(iteration, kind))
+
+    def done(self, iteration: int, kind: str) -> bool:
+        return self.store.stage_complete(iteration, kind)
+
+    def path(self, iteration: int, kind: str, name: str) -> str:
+        return f"/iterations/iter_{iteration:03d}/{kind}/{name}"
+
+    # -- steps
+    def simulate(self) -> TrainingSet | None:
+        it = 0
+        if self.done(it, "simulator") and (not self._has("augmenter") or self.done(it, "augmenter")) and self.done(it, "trainer"):
+            return None  # nothing downstream needs the simulated set again
+        seed = self.seed(it, "simulator")
+        ts = self.p.stages["simulator"].simulate(self.cfg.iterations.n_simulated, np.random.default_rng(seed), self.px)
+        with self.store.stage(it, "simulator", self.p._stage_info("simulator", it, seed, [])) as st:
+            _write_training_set(st, ts, self.px, [])
+        if self._has("augmenter"):
+            seed = self.seed(it, "augmenter")
+            ts = self.p.stages["augmenter"].augment(ts, np.random.default_rng(seed))
+            used = [self.path(it, "simulator", "images")]
+            with self.store.stage(it, "augmenter", self.p._stage_info("augmenter", it, seed, used)) as st:
+                _write_training_set(st, ts, self.px, used)
+        return ts
+
+    def _has(self, kind: str) -> bool:
+        return kind in self.p.stages
+
+    def train(self, it: int, ts: TrainingSet | None, init, used: list[str]):
+        from elit.ensemble import Member
+
+        if self.done(it, "trainer"):
+            return self.store.read_ensemble(it)
+        completed = {i: Member.from_arrays(spec, arrays) for i, (spec, arrays) in self.store.read_members(it).items()}
+        if ts is None:
+            raise InputError(f"cannot resume iteration {it}: its training data was not stored")
+        seed = self.seed(it, "trainer")
+        info = self.p._stage_info("trainer", it, seed, used)
+        info["config"] = {**info["config"], "architecture": self.p.stages["architecture"].get_params(),
+                          "architecture_name": self.p.stages["architecture"].name, "warm_start": init is not None}
+        with self.store.stage(it, "trainer", info) as st:
+            ens = self.p.stages["trainer"].fit(
+                ts,
+                self.p.stages["architecture"],
+                seed,
+                init=init,
+                device=self.device,
+                completed=completed,
+                on_member=lambda i, m: st.add_member(i, m),
+            )
+            st.add_ensemble(ens)
+        return ens
+
+    def predict(self, it: int, ensemble, multiclass_names=None) -> _State:
+        from elit.atoms import locate_atoms
+
+        st_out = _State(ensemble=ensemble)
+        if self.done(it, PREDICT) and self.done(it, "selector"):
+            st_out.predictions = self.store.read_image(self.path(it, PREDICT, "member_probabilities"))
+            st_out.selection = _read_selection(self.store, self.path(it, "selector", ""))
+            st_out.atoms = self.store.read_table(self.path(it, PREDICT, "atoms_working"))
+            return st_out
+        preds = ensemble.predict(self.frames, device=self.device, progress=True)
+        seed = self.seed(it, "selector")
+        selection = self.p.stages["selector"].select(preds, self.frames, self.px)
+        members = selection.members if it == 0 else list(range(len(ensemble)))
+        mean, std = ensemble.mean_std(preds, members)
+        atoms = locate_atoms(
+            mean,
+            threshold=self.cfg.iterations.threshold,
+            uncertainty=std,
+            member_probabilities=preds[members],
+            class_names=ensemble.class_names,
+        )
+        used = [self.path(it, "trainer", "ensemble"), self.input_path]
+        with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
+            st.add_json(
+                "selection",
+                {
+                    "members": selection.members,
+                    "reasons": selection.reasons,
+                    "criteria": sorted(selection.criteria),
+                    "frame_scores": selection.frame_scores is not None,
+                },
+            )
+            st.add_array("scores", selection.scores)
+            for name, values in selection.criteria.items():
+                st.add_array(f"criteria/{name}", np.asarray(values, dtype=np.float64))
+            if selection.frame_scores is not None:
+                st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
+        used = used + [self.path(it, "selector", "selection")]
+        with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
+            dims = ["member", "frame", "class", "y", "x"]
+            member_path = st.add_image("member_probabilities", preds, dims, "probability", "", self.px, used)
+            st.add_image("mean", mean, dims[1:], "probability", "", self.px, [member_path])
+            st.add_image("uncertainty", std, dims[1:], "probability std", "", self.px, [member_path])
+            st.add_table("atoms_working", atoms, [member_path])
+            st.add_table("atoms", atoms.scaled(1.0 / self.factor), [member_path])
+        st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
+        return st_out
+
+    def refine(self, it: int, prev: _State, atoms: AtomTable) -> tuple[TrainingSet | None, list[str]]:
+        used = [self.path(it - 1, PREDICT, "member_probabilities"), self.path(it - 1, "selector", "selection")]
+        if self.done(it, "refiner"):
+            if self.done(it, "trainer"):
+                return None, used
+            return _read_training_set(self.store, self.path(it, "refiner", "")), used
+        seed = self.seed(it, "refiner")
+        ref = self.p.stages["refiner"].refine(
+            self.frames, prev.predictions, prev.selection, atoms, np.random.default_rng(seed), self.px
+        )
+        with self.store.stage(it, "refiner", self.p._stage_info("refiner", it, seed, used)) as st:
+            _write_training_set(st, ref.training_set, self.px, used)
+            st.add_table("kept", ref.kept, used)
+            st.add_table("dropped", ref.dropped, used)
+            st.add_json("refinement", {"frames_used": ref.frames_used, "reasons": ref.reasons})
+        return ref.training_set, [self.path(it, "refiner", "images")]
+
+    def classify(self, it: int, atoms: AtomTable) -> AtomTable:
+        seed = self.seed(it, "classifier")
+        used = [self.path(it - 1, PREDICT, "atoms_working"), self.input_path]
+        if self.done(it, "classifier"):
+            return self.store.read_table(self.path(it, "classifier", "atoms"))
+        out = self.p.stages["classifier"].classify(self.frames, atoms, self.px)
+        with self.store.stage(it, "classifier", self.p._stage_info("classifier", it, seed, used)) as st:
+            st.add_table("atoms", out, used)
+        return out
+
+    def summarize(self, it: int, kind: str, state: _State, seconds: float) -> IterationSummary:
+        counts = [int(np.sum(state.atoms.frame == f)) for f in range(len(self.frames))]
+        rate = None
+        density = self.cfg.iterations.expected_density
+        if density:
+            area = self.frames.shape[1] * self.frames.shape[2] * self.px**2
+            rate = float(np.mean(counts) / (density * area))
+        members = state.selection.members if it == 0 else list(range(len(state.ensemble)))
+        s = IterationSummary(it, kind, int(len(state.atoms)), counts, rate, members, round(seconds, 2))
+        log.info(
+            "iteration %d (%s): %d atoms%s, members %s, %.1f s",
+            it, kind, s.n_atoms, "" if rate is None else f", detection rate {rate:.3f}", members, seconds,
+        )
+        self.summaries.append(s)
+        if self.on_iteration is not None:
+            self.on_iteration(s, state.atoms.scaled(1.0 / self.factor))
+        return s
+
+    def run(self) -> RunResult:
+        t0 = time.perf_counter()
+        ts = self.simulate()
+        last_ts_path = self.path(0, "augmenter" if self._has("augmenter") else "simulator", "images")
+        ens = self.train(0, ts, None, [last_ts_path])
+        state = self.predict(0, ens)
+        self.summarize(0, "simulated", state, time.perf_counter() - t0)
+
+        it = 0
+        for it in range(1, self.cfg.iterations.max_iterations + 1):
+            t0 = time.perf_counter()
+            ts, used = self.refine(it, state, state.atoms)
+            init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
+            ens = self.train(it, ts, init, used)
+            new_state = self.predict(it, ens)
+            prev = self.summaries[-1]
+            s = self.summarize(it, "experimental", new_state, time.perf_counter() - t0)
+            state = new_state
+            if self._converged(prev, s):
+                log.info("detection rate stopped improving after iteration %d", it)
+                break
+
+        if self.cfg.iterations.multiclass and self._has("classifier"):
+            it += 1
+            t0 = time.perf_counter()
+            classified = self.classify(it, state.atoms)
+            ts, used = self.refine(it, state, classified)
+            init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
+            ens = self.train(it, ts, init, used)
+            state = self.predict(it, ens)
+            self.summarize(it, "multi-class", state, time.perf_counter() - t0)
+
+        members = state.selection.members if it == 0 else list(range(len(state.ensemble)))
+        mean, std = state.ensemble.mean_std(state.predictions, members)
+        self.store.write_summary([s.as_dict() for s in self.summaries])
+        return RunResult(
+            path=None,
+            atoms=state.atoms.scaled(1.0 / self.factor),
+            mean=mean,
+            std=std,
+            ensemble=state.ensemble,
+            selection=state.selection,
+            iterations=self.summaries,
+            input_pixel_size=self.input_px,
+            working_pixel_size=self.px,
+        )
+
+    def _converged(self, prev: IterationSummary, cur: IterationSummary) -> bool:
+        tol = self.cfg.iterations.min_improvement
+        if prev.detection_rate is not None and cur.detection_rate is not None:
+            return cur.detection_rate - prev.detection_rate < tol
+        if prev.n_atoms == 0:
+            return False
+        return abs(cur.n_atoms - prev.n_atoms) / prev.n_atoms < tol
+
+
+def _write_training_set(st, ts: TrainingSet, px: float, used: list[str]) -> None:
+    p = st.add_image("images", ts.images, ["sample", "y", "x"], "intensity", "a.u.", px, used)
+    st.add_image("labels", ts.labels, ["sample", "y", "x"], "class label", "", px, [p])
+    st.add_json("classes", {"class_names": list(ts.class_names), "pixel_size": ts.pixel_size})
+    if ts.atoms is not None:
+        st.add_table("atoms", ts.atoms, [p])
+
+
+def _read_training_set(store, group: str) -> TrainingSet:
+    group = group.rstrip("/")
+    meta = store.read_json(f"{group}/classes")
+    return TrainingSet(
+        store.read_image(f"{group}/images"),
+        store.read_image(f"{group}/labels"),
+        tuple(meta["class_names"]),
+        float(meta["pixel_size"]),
+    )
+
+
+def _read_selection(store, group: str) -> Selection:
+    group = group.rstrip("/")
+    meta = store.read_json(f"{group}/selection")
+    return Selection(
+        members=meta["members"],
+        scores=store.read_array(f"{group}/scores"),
+        criteria={name: store.read_array(f"{group}/criteria/{name}") for name in meta.get("criteria", [])},
+        frame_scores=store.read_array(f"{group}/frame_scores") if meta.get("frame_scores") else None,
+        reasons=meta["reasons"],
+    )
