@@ -207,8 +207,7 @@ def cmd_demo(args) -> int:
     from elit.demo import run_demo
 
     overrides = list(args.set)
-    return run_demo(case=args.case, out=Path(args.out), overwrite=args.overwrite, overrides=overrides,
-                    executor=args.executor, workers=args.workers)
+    return run_demo(case=args.case, out=Path(args.out), overwrite=args.overwrite, overrides=overrides)
 
 
 # ---------------------------------------------------------------------- parser
@@ -292,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="elit-demo", help="output folder (default: ./elit-demo)")
     s.add_argument("--overwrite", action="store_true", help="replace earlier demo results in the folder")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--executor", choices=["local", "dask"], default="local")
-    s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -187,33 +187,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ input
     def prepare(self, frames: np.ndarray, pixel_size: float | None) -> tuple[np.ndarray, float, float]:
-        """Resample raw frames to the working scale and normalise them.
-
-        Returns
-        -------
-        working : ndarray (N, H', W') float32
-        input_pixel_size : float
-        factor : float
-            Working pixels per input pixel (``input_pixel_size / working``).
-        """
-        from elit.scale import estimate_pixel_size, normalize, resample
-
-        frames = np.asarray(frames)
-        if frames.ndim == 2:
-            frames = frames[None]
-        if frames.ndim != 3:
-            raise InputError(f"frames must be a 2-D image or a 3-D stack (frames, rows, cols), got shape {frames.shape}")
-        px = self.config.scale.input_pixel_size or pixel_size
-        if px is None:
-            px, confidence = estimate_pixel_size(
-                frames[0].astype(np.float32), lattice=self.config.scale.lattice, spacing_A=self.config.scale.lattice_spacing
-            )
-            log.info("estimated pixel size %.4f A/px (confidence %.2f)", px, confidence)
-            if not np.isfinite(px) or px <= 0:
-                raise InputError("the pixel size could not be estimated; give it with --pixel-size")
-        factor = float(px) / self.config.scale.pixel_size
-        working = resample(frames.astype(np.float32), factor)
-        return normalize(working), float(px), factor
+        """Resample raw frames to the working scale and normalise them (see :func:`prepare_frames`)."""
+        return prepare_frames(frames, pixel_size, self.config.scale)
 
     # ------------------------------------------------------------------ running
     def run(
@@ -301,6 +276,44 @@ class Pipeline:
                 tmpdir.cleanup()
         result.path = None if tmpdir is not None else store
         return result
+
+
+def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple[np.ndarray, float, float]:
+    """Resample raw frames to the working scale and normalise them.
+
+    Parameters
+    ----------
+    frames : ndarray (N, H, W) or (H, W)
+        Raw frames.
+    pixel_size : float or None
+        Input pixel size from the file; ``scale.input_pixel_size`` wins, and
+        when both are missing it is estimated from the first frame.
+    scale : ScaleConfig
+        The run's scale settings.
+
+    Returns
+    -------
+    working : ndarray (N, H', W') float32
+    input_pixel_size : float
+    factor : float
+        Working pixels per input pixel (``input_pixel_size / working``).
+    """
+    from elit.scale import estimate_pixel_size, normalize, resample
+
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3:
+        raise InputError(f"frames must be a 2-D image or a 3-D stack (frames, rows, cols), got shape {frames.shape}")
+    px = scale.input_pixel_size or pixel_size
+    if px is None:
+        px, confidence = estimate_pixel_size(frames[0].astype(np.float32), lattice=scale.lattice, spacing_A=scale.lattice_spacing)
+        log.info("estimated pixel size %.4f A/px (confidence %.2f)", px, confidence)
+        if not np.isfinite(px) or px <= 0:
+            raise InputError("the pixel size could not be estimated; give it with --pixel-size")
+    factor = float(px) / scale.pixel_size
+    working = resample(frames.astype(np.float32), factor)
+    return normalize(working), float(px), factor
 
 
 class _Runner:

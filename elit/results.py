@@ -1,0 +1,162 @@
+"""Working with finished runs: export atoms, apply a trained ensemble to new data, re-select members."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from elit.data import AtomTable
+from elit.errors import StoreError
+
+log = logging.getLogger("elit")
+
+CSV_COLUMNS = ("frame", "x", "y", "class", "probability", "uncertainty", "class_name")
+"""Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels."""
+
+
+def resolve_iteration(store, iteration: int | str = "last") -> int:
+    """Turn ``"last"`` or a number into an iteration whose prediction step finished."""
+    finished = [it for it in store.iterations() if store.stage_complete(it, "predict")]
+    if not finished:
+        raise StoreError(f"{store.path} holds no finished iteration yet")
+    if iteration in ("last", None):
+        return finished[-1]
+    try:
+        it = int(iteration)
+    except (TypeError, ValueError):
+        raise StoreError(f"iteration must be a number or 'last', got {iteration!r}") from None
+    if it not in finished:
+        raise StoreError(f"iteration {it} is not finished in {store.path}; finished: {finished}")
+    return it
+
+
+def read_atoms(result: str | Path, iteration: int | str = "last") -> AtomTable:
+    """Atoms of one iteration, in the input's own pixels."""
+    from elit.store import RunStore
+
+    store = RunStore.open(result, mode="r")
+    it = resolve_iteration(store, iteration)
+    return store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
+
+
+def write_atoms_csv(atoms: AtomTable, out: str | Path) -> int:
+    """Write an atom table as CSV with :data:`CSV_COLUMNS`; return the number of rows."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for i in range(len(atoms)):
+            k = int(atoms.class_index[i])
+            w.writerow(
+                [
+                    int(atoms.frame[i]),
+                    f"{atoms.col[i]:.3f}",
+                    f"{atoms.row[i]:.3f}",
+                    k,
+                    f"{atoms.probability[i]:.4f}",
+                    f"{atoms.uncertainty[i]:.4f}",
+                    atoms.class_names[k] if k < len(atoms.class_names) else str(k),
+                ]
+            )
+    tmp.replace(out)
+    return len(atoms)
+
+
+def export_atoms_csv(result: str | Path, out: str | Path, iteration: int | str = "last") -> int:
+    """Write the atoms of one iteration of a run file as CSV; return the number of atoms."""
+    return write_atoms_csv(read_atoms(result, iteration), out)
+
+
+def load_ensemble(result: str | Path, iteration: int | str = "last"):
+    """The trained ensemble of one iteration of a run file, with the run's config."""
+    from elit.config import PipelineConfig
+    from elit.store import RunStore
+
+    store = RunStore.open(result, mode="r")
+    it = resolve_iteration(store, iteration)
+    config = PipelineConfig.model_validate(store.read_config())
+    return store.read_ensemble(it), config, it
+
+
+def predict_file(
+    result: str | Path,
+    data: str,
+    out: str | Path,
+    iteration: int | str = "last",
+    pixel_size: float | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+) -> int:
+    """Apply a run's trained ensemble to new data and write a prediction file; return the atom count."""
+    from elit.atoms import locate_atoms
+    from elit.devices import resolve_device
+    from elit.pipeline import prepare_frames
+    from elit.readers import read_image
+    from elit.store import RunStore
+
+    ensemble, config, it = load_ensemble(result, iteration)
+    image = read_image(data)
+    working, input_px, factor = prepare_frames(image.frames, pixel_size or image.pixel_size, config.scale)
+    dev = resolve_device(device or config.device)
+    preds = ensemble.predict(working, device=dev, progress=True)
+    mean, std = ensemble.mean_std(preds)
+    atoms = locate_atoms(mean, threshold=config.iterations.threshold, uncertainty=std, member_probabilities=preds,
+                         class_names=ensemble.class_names)
+    store = RunStore.create(out, overwrite=overwrite)
+    cfg = config.model_dump(mode="json")
+    cfg["scale"]["input_pixel_size"] = input_px
+    store.write_config(cfg)
+    store.write_input("frames", image.frames, pixel_size=input_px, source=image.source, sha256=image.sha256, metadata=image.metadata)
+    from elit import __version__
+
+    info = {
+        "name": "ensemble-predict",
+        "plugin": "elit",
+        "package": "elit",
+        "plugin_version": __version__,
+        "stage_version": __version__,
+        "config": {"threshold": config.iterations.threshold, "model_file": str(result), "model_iteration": it},
+        "seed": 0,
+        "used": [f"{Path(result).name}:/iterations/iter_{it:03d}/trainer/ensemble", "/inputs/frames"],
+    }
+    px = config.scale.pixel_size
+    with store.stage(0, "predict", info) as st:
+        dims = ["member", "frame", "class", "y", "x"]
+        mp = st.add_image("member_probabilities", preds, dims, "probability", "", px, info["used"])
+        st.add_image("mean", mean, dims[1:], "probability", "", px, [mp])
+        st.add_image("uncertainty", std, dims[1:], "probability std", "", px, [mp])
+        st.add_table("atoms_working", atoms, [mp])
+        st.add_table("atoms", atoms.scaled(1.0 / factor), [mp])
+    return len(atoms)
+
+
+def continue_with_members(result: str | Path, members: list[int]):
+    """Choose iteration 0's members by hand and continue the run from there (the ``manual`` selector).
+
+    Everything after iteration 0's training is discarded and redone with the
+    ``manual`` selector keeping ``members``.
+    """
+    from elit.config import load_config
+    from elit.pipeline import Pipeline
+    from elit.store import RunStore
+
+    if not members:
+        raise StoreError("give at least one member index")
+    store = RunStore.open(result, mode="a")
+    if not store.stage_complete(0, "trainer"):
+        raise StoreError(f"{result}: iteration 0's ensemble is not trained yet; nothing to select from")
+    n = len(store.read_ensemble(0))
+    bad = [m for m in members if m < 0 or m >= n]
+    if bad:
+        raise StoreError(f"members {bad} do not exist: the ensemble has members 0..{n - 1}")
+    raw = store.read_config()
+    raw["selector"] = {"name": "manual", "params": {"members": members}}
+    config = load_config(raw=raw)
+    store.discard_from(0, "selector")
+    store.write_config(config.model_dump(mode="json"))
+    log.info("continuing %s with members %s", result, members)
+    return Pipeline(config).run(store=result, resume=True)
