@@ -1,3 +1,4 @@
+"""Render the embedded experiments to docs/img/ (run from the repository root)."""
 import sys, numpy as np, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
 from elit.experiments import graphene_movie, perovskite_image
 e=graphene_movie(); c=graphene_movie(dose=None)
@@ -14,7 +15,7 @@ for j,f in enumerate(show):
     ax[1,j].set_title('truth: C cyan, Si red, amorph. yellow, hole')
     ax[2,j].imshow(c.frames[f],cmap='gray'); ax[2,j].set_title('noise-free (dose=None)')
 for a_ in ax.ravel(): a_.set_xticks([]); a_.set_yticks([])
-plt.tight_layout(); plt.savefig('/work/main/docs/img/experiment_graphene.png',dpi=70)
+plt.tight_layout(); plt.savefig('docs/img/experiment_graphene.png',dpi=70)
 p=perovskite_image(); q=perovskite_image(dose=None)
 fig,ax=plt.subplots(1,3,figsize=(18,6.4))
 ax[0].imshow(p.frames[0],cmap='gray'); ax[0].set_title('perovskite + rock-salt island (dose 30 e/px)')
@@ -24,12 +25,14 @@ for k,col in [(0,'r'),(1,'c'),(2,'y')]:
 ax[1].legend(loc='upper right'); ax[1].set_title('truth')
 ax[2].imshow(q.frames[0],cmap='gray'); ax[2].set_title('noise-free')
 for a_ in ax: a_.set_xticks([]); a_.set_yticks([])
-plt.tight_layout(); plt.savefig('/work/main/docs/img/experiment_perovskite.png',dpi=70)
+plt.tight_layout(); plt.savefig('docs/img/experiment_perovskite.png',dpi=70)
 # zoom
 fig,ax=plt.subplots(1,3,figsize=(18,6))
 ax[0].imshow(e.frames[0][:110,:110],cmap='gray'); ax[0].set_title('synthetic frame 0 zoom, 0.1 A/px')
 import h5py
-im=h5py.File('/work/shared/data/real/graphene/G-Si-2nm.hdf5','r')['image_data'][()]
+if len(sys.argv) < 2:
+    sys.exit(0)  # optional: a real graphene .hdf5 (AICrystallographer layout) to compare with
+im=h5py.File(sys.argv[1],'r')['image_data'][()]
 ax[1].imshow(im[:147,:147],cmap='gray'); ax[1].set_title('real G-Si-2nm, same field (11 A), 0.075 A/px')
 ax[2].imshow(c.frames[0][:110,:110],cmap='gray'); ax[2].set_title('noise-free zoom')
-plt.tight_layout(); plt.savefig('/tmp/exp_zoom.png',dpi=70)
+plt.tight_layout(); plt.savefig('docs/img/experiment_vs_real.png',dpi=70)
