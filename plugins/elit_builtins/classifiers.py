@@ -1,0 +1,276 @@
+"""Built-in classifiers: split located atoms into classes by their brightness (ELIT step 8).
+
+Both measure each atom's intensity the same way (:func:`atom_intensities`):
+the frame is lightly smoothed, a local background (a grey opening with a
+disc wider than an atom: what is left when the atoms are taken away) is
+subtracted, and a Gaussian-weighted mean is taken within ``disc_A`` of the
+atom.  Intensities are divided by the median atom of their frame, so they are
+comparable between frames (1 = the typical atom).
+
+``intensity``
+    Thresholds on that relative intensity, given in the config or found by
+    Otsu's method (multi-Otsu for more than two classes).
+``gmm``
+    A Gaussian mixture on the relative intensity (optionally plus PCA
+    features of the patch around the atom), components sorted by intensity.
+
+A split is accepted only when the brighter side's mean is at least
+``min_contrast`` times the darker side's; otherwise the two sides are merged,
+so a frame without dopants does not invent any.  Class names are listed from
+darkest to brightest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+from scipy import ndimage
+
+from elit.data import AtomTable
+from elit.errors import InputError
+from elit.stages import Classifier, StageConfig
+
+
+class _MeasureConfig(StageConfig):
+    class_names: list[str] = Field(
+        ["C", "Si"], description="class names from darkest to brightest", min_length=2, max_length=16
+    )
+    smooth_A: float = Field(0.1, description="Gaussian smoothing of the frame before measuring, Angstrom", ge=0, le=5)
+    disc_A: float = Field(0.3, description="radius within which an atom's intensity is averaged, Angstrom", gt=0, le=5)
+    background_A: float | None = Field(
+        1.0,
+        description="radius of the grey opening that estimates the local background, Angstrom; None: no correction",
+        gt=0,
+        le=20,
+    )
+    min_contrast: float = Field(
+        2.0,
+        description="a split is kept only when the brighter class's mean intensity is at least this multiple of "
+        "the darker's (1 keeps every split)",
+        ge=1,
+    )
+
+
+def _disc(radius_px: float) -> np.ndarray:
+    r = int(np.ceil(radius_px))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2) <= radius_px**2 + 1e-9
+
+
+def atom_intensities(
+    frames: np.ndarray,
+    atoms: AtomTable,
+    pixel_size: float,
+    smooth_A: float = 0.1,
+    disc_A: float = 0.3,
+    background_A: float | None = 1.0,
+    relative: bool = True,
+) -> np.ndarray:
+    """Background-corrected intensity at each atom.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (N, H, W)
+    atoms : AtomTable
+        Positions in the pixels of ``frames``; ``frame`` indexes ``frames``.
+    pixel_size : float
+        Angstrom per pixel.
+    smooth_A, disc_A, background_A : float
+        See the classifier configs.
+    relative : bool
+        Divide by the median atom intensity of each frame.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3:
+        raise InputError(f"frames must have shape (N, H, W), got {frames.shape}")
+    if len(atoms) and (atoms.frame.min() < 0 or atoms.frame.max() >= len(frames)):
+        raise InputError(f"atoms refer to frame {int(atoms.frame.max())} but only {len(frames)} frames were given")
+    out = np.zeros(len(atoms))
+    if len(atoms) == 0:
+        return out
+    sigma = smooth_A / pixel_size
+    radius = max(disc_A / pixel_size, 0.75)
+    reach = int(np.ceil(radius))
+    off = np.arange(-reach, reach + 1)
+    for f in np.unique(atoms.frame):
+        idx = np.flatnonzero(atoms.frame == f)
+        img = np.nan_to_num(frames[f].astype(np.float64))
+        if sigma > 0:
+            img = ndimage.gaussian_filter(img, sigma)
+        if background_A is not None:
+            img = img - ndimage.grey_opening(img, footprint=_disc(background_A / pixel_size))
+        h, w = img.shape
+        r, c = atoms.row[idx], atoms.col[idx]
+        r0, c0 = np.rint(r).astype(np.int64), np.rint(c).astype(np.int64)
+        rr = r0[:, None, None] + off[None, :, None]
+        cc = c0[:, None, None] + off[None, None, :]
+        d2 = (rr - r[:, None, None]) ** 2 + (cc - c[:, None, None]) ** 2
+        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w) & (d2 <= radius**2)
+        wgt = np.where(inside, np.exp(-d2 / (2 * (radius / 2) ** 2)), 0.0)
+        vals = img[np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)]
+        wsum = wgt.sum(axis=(1, 2))
+        measured = (wgt * vals).sum(axis=(1, 2)) / np.where(wsum > 0, wsum, 1)
+        if relative:
+            ref = np.median(measured)
+            measured = measured / ref if ref > 0 else measured
+        out[idx] = measured
+    return out
+
+
+def _merge_weak_splits(values: np.ndarray, labels: np.ndarray, n_classes: int, min_contrast: float) -> np.ndarray:
+    """Merge neighbouring classes (by intensity order) whose mean ratio is below ``min_contrast``."""
+    labels = labels.copy()
+    if min_contrast <= 1:
+        return labels
+    present = [k for k in range(n_classes) if np.any(labels == k)]
+    # walk from the brightest boundary down; merge the brighter class into the darker one
+    for hi, lo in zip(present[::-1][:-1], present[::-1][1:]):
+        lo_mean = values[labels == lo].mean()
+        hi_mean = values[labels == hi].mean()
+        if not (lo_mean > 0 and hi_mean >= min_contrast * lo_mean):
+            labels[labels == hi] = lo
+    # the darkest present class keeps its index; a merged run takes the darker index
+    return labels
+
+
+class IntensityClassifier(Classifier):
+    """Threshold each atom's background-corrected intensity (given thresholds or Otsu)."""
+
+    name = "intensity"
+    version = "1"
+    description = "classify atoms by their brightness: fixed thresholds or Otsu / multi-Otsu"
+
+    class Config(_MeasureConfig):
+        thresholds: list[float] | None = Field(
+            None,
+            description="ascending thresholds on the relative intensity (1 = median atom), one fewer than the "
+            "classes; None finds them with Otsu's method",
+        )
+        refine_thresholds: bool = Field(
+            True,
+            description="move Otsu's thresholds to the midpoints between the class means (1-D k-means): "
+            "robust when one class is rare, e.g. a few dopants",
+        )
+
+        @model_validator(mode="after")
+        def _valid_thresholds(self):
+            t = self.thresholds
+            if t is not None:
+                if len(t) != len(self.class_names) - 1:
+                    n = len(self.class_names)
+                    raise ValueError(f"{n} classes need {n - 1} thresholds, got {len(t)}")
+                if any(b <= a for a, b in zip(t, t[1:])):
+                    raise ValueError(f"thresholds must ascend, got {t}")
+            return self
+
+    def classify(self, frames: np.ndarray, atoms: AtomTable, pixel_size: float) -> AtomTable:
+        """Return ``atoms`` with classes from the thresholded intensity."""
+        cfg = self.config
+        names = tuple(cfg.class_names)
+        out = atoms.select(slice(None))
+        out.class_names = names
+        n_classes = len(names)
+        if len(atoms) == 0:
+            out.class_index = np.zeros(0, dtype=np.int64)
+            return out
+        values = atom_intensities(frames, atoms, pixel_size, cfg.smooth_A, cfg.disc_A, cfg.background_A)
+        if cfg.thresholds is not None:
+            labels = np.searchsorted(np.asarray(cfg.thresholds), values, side="right")
+        else:
+            labels = _otsu_labels(values, n_classes, cfg.refine_thresholds)
+            labels = _merge_weak_splits(values, labels, n_classes, cfg.min_contrast)
+        out.class_index = labels.astype(np.int64)
+        return out
+
+
+def _otsu_labels(values: np.ndarray, n_classes: int, refine: bool = True) -> np.ndarray:
+    """Class of each value by Otsu thresholds, optionally refined by 1-D k-means (Lloyd) steps."""
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    if len(np.unique(values)) < n_classes:
+        return np.zeros(len(values), dtype=np.int64)
+    try:
+        if n_classes == 2:
+            thresholds = np.array([threshold_otsu(values)])
+        else:
+            thresholds = threshold_multiotsu(values, classes=n_classes)
+    except ValueError:
+        return np.zeros(len(values), dtype=np.int64)
+    labels = np.searchsorted(thresholds, values, side="right")
+    if refine:
+        for _ in range(100):
+            means = [values[labels == k].mean() for k in range(n_classes) if np.any(labels == k)]
+            if len(means) < 2:
+                break
+            new = np.searchsorted(0.5 * (np.asarray(means[:-1]) + np.asarray(means[1:])), values, side="right")
+            if np.array_equal(new, labels):
+                break
+            labels = new
+    return labels.astype(np.int64)
+
+
+class GmmClassifier(Classifier):
+    """Gaussian mixture on the intensity (and optionally patch features); components sorted by brightness."""
+
+    name = "gmm"
+    version = "1"
+    description = "classify atoms with a Gaussian mixture on intensity (and patch features), sorted by brightness"
+
+    class Config(_MeasureConfig):
+        patch_features: int = Field(
+            0, description="PCA components of the patch around each atom added to the intensity (0: intensity only)",
+            ge=0, le=50,
+        )
+        patch_A: float = Field(2.0, description="side of the patch for patch features, Angstrom", gt=0, le=50)
+        patch_weight: float = Field(
+            0.3, description="total spread of the patch features relative to the intensity's spread", gt=0, le=10
+        )
+        seed: int = Field(0, description="random state of the mixture fit", ge=0)
+
+    def classify(self, frames: np.ndarray, atoms: AtomTable, pixel_size: float) -> AtomTable:
+        """Return ``atoms`` with classes from the mixture components."""
+        from sklearn.mixture import GaussianMixture
+
+        cfg = self.config
+        names = tuple(cfg.class_names)
+        n_classes = len(names)
+        out = atoms.select(slice(None))
+        out.class_names = names
+        if len(atoms) < 2 * n_classes:
+            out.class_index = np.zeros(len(atoms), dtype=np.int64)
+            return out
+        values = atom_intensities(frames, atoms, pixel_size, cfg.smooth_A, cfg.disc_A, cfg.background_A)
+        feats = values[:, None]
+        if cfg.patch_features:
+            from sklearn.decomposition import PCA
+
+            from elit.atoms import atom_patches
+            from elit.scale import normalize
+
+            half = max(1, int(round(cfg.patch_A / pixel_size / 2)))
+            patches = atom_patches(normalize(np.asarray(frames, dtype=np.float32)), atoms, half)
+            x = patches.reshape(len(atoms), -1).astype(np.float64)
+            n_pca = int(min(cfg.patch_features, len(atoms) - 1, x.shape[1]))
+            pca = PCA(n_components=n_pca, random_state=cfg.seed).fit_transform(x)
+            # each component scaled so that together they spread patch_weight times the intensity
+            pca = pca / (pca.std(axis=0) + 1e-12) * (cfg.patch_weight * values.std() / np.sqrt(n_pca))
+            feats = np.concatenate([feats, pca], axis=1)
+        gmm = GaussianMixture(n_components=n_classes, random_state=cfg.seed, reg_covar=1e-6)
+        comp = gmm.fit_predict(feats)
+        # order components by the mean intensity of their atoms, darkest first
+        means = np.array([values[comp == c].mean() if np.any(comp == c) else np.inf for c in range(n_classes)])
+        rank = np.empty(n_classes, dtype=np.int64)
+        rank[np.argsort(means, kind="stable")] = np.arange(n_classes)
+        labels = rank[comp]
+        labels = _merge_weak_splits(values, labels, n_classes, cfg.min_contrast)
+        out.class_index = labels.astype(np.int64)
+        return out
+
+
+STAGES = [IntensityClassifier, GmmClassifier]

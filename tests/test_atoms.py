@@ -1,0 +1,131 @@
+"""Tests for elit.atoms.locate_atoms."""
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from elit.atoms import locate_atoms, refine_gaussian
+from elit.errors import InputError
+
+
+def gaussian_map(positions, shape=(64, 64), sigma=1.5):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape)
+    for r, c in positions:
+        out = np.maximum(out, np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2)))
+    return out
+
+
+def grid_positions(rng, n=4, step=12.0, start=10.0):
+    return np.array(
+        [[start + i * step + rng.uniform(-0.5, 0.5), start + j * step + rng.uniform(-0.5, 0.5)]
+         for i in range(n) for j in range(n)]
+    )
+
+
+def nearest(found, truth):
+    d, _ = cKDTree(found).query(truth)
+    return d
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_subpixel_accuracy_on_clean_blobs(refine):
+    rng = np.random.default_rng(0)
+    pos = grid_positions(rng)
+    table = locate_atoms(gaussian_map(pos)[None], refine=refine)
+    assert len(table) == len(pos)
+    assert nearest(table.positions(), pos).max() < 0.1
+    assert np.all(table.frame == 0)
+    assert np.all(table.uncertainty == 0)  # no ensemble information given
+    assert np.allclose(table.probability, 1.0, atol=0.2)
+
+
+def test_gaussian_refinement_is_exact_for_gaussian_peaks():
+    pos = np.array([[20.3, 30.7]])
+    img = gaussian_map(pos, sigma=2.0)
+    r, c = refine_gaussian(img, np.array([20.0]), np.array([31.0]))
+    assert abs(r[0] - 20.3) < 1e-6 and abs(c[0] - 30.7) < 1e-6
+
+
+def test_empty_and_below_threshold_maps():
+    assert len(locate_atoms(np.zeros((1, 16, 16)))) == 0
+    table = locate_atoms(np.full((3, 1, 16, 16), 0.3), class_names=("C",))
+    assert len(table) == 0 and table.class_names == ("C",)
+
+
+def test_min_area_drops_single_pixels():
+    p = np.zeros((1, 20, 20))
+    p[0, 5, 5] = 0.9
+    p[0, 10:13, 10:13] = 0.9
+    table = locate_atoms(p, min_area=2)
+    assert len(table) == 1
+    assert table.row[0] == pytest.approx(11.0) and table.col[0] == pytest.approx(11.0)
+
+
+def test_blobs_at_the_edge_are_found():
+    pos = np.array([[0.0, 0.0], [63.0, 30.0], [30.0, 63.0]])
+    table = locate_atoms(gaussian_map(pos)[None])
+    assert len(table) == 3
+    # cut blobs are pulled inwards by less than a pixel
+    assert nearest(table.positions(), pos).max() < 1.0
+
+
+def test_frames_classes_and_offset():
+    rng = np.random.default_rng(1)
+    pos = grid_positions(rng, n=2)
+    prob = np.zeros((3, 2, 64, 64))
+    prob[1, 0] = gaussian_map(pos[:2])
+    prob[2, 1] = gaussian_map(pos[2:])
+    table = locate_atoms(prob, class_names=("C", "Si"), frame_offset=10)
+    assert table.class_names == ("C", "Si")
+    assert sorted(set(table.frame.tolist())) == [11, 12]
+    assert np.all(table.class_index[table.frame == 11] == 0)
+    assert np.all(table.class_index[table.frame == 12] == 1)
+
+
+def test_same_blob_in_two_classes_keeps_more_probable():
+    pos = np.array([[20.0, 20.0], [40.0, 40.0]])
+    prob = np.zeros((2, 64, 64))
+    prob[0] = 0.7 * gaussian_map(pos, sigma=2.0)
+    prob[1] = 0.95 * gaussian_map(pos[:1] + 0.4, sigma=2.0)
+    table = locate_atoms(prob, threshold=0.5, class_names=("C", "Si"))
+    assert len(table) == 2
+    at_first = np.argmin(np.hypot(table.row - 20, table.col - 20))
+    assert table.class_index[at_first] == 1
+    assert table.class_index[1 - at_first] == 0
+
+
+def test_ensemble_uncertainty_and_ensemble_of_one():
+    rng = np.random.default_rng(2)
+    pos = grid_positions(rng, n=3)
+    agree = gaussian_map(pos)
+    shifted = gaussian_map(np.r_[pos[:1] + [0.0, 1.5], pos[1:]])
+    members = np.stack([agree, agree, shifted])[:, None, None]  # (M, N, K, H, W)
+    mean = members.mean(axis=0)
+    table = locate_atoms(mean, member_probabilities=members)
+    assert len(table) == len(pos)
+    first = np.argmin(np.hypot(table.row - pos[0, 0], table.col - pos[0, 1]))
+    others = np.delete(np.arange(len(table)), first)
+    assert table.uncertainty[first] > 0.1
+    assert np.all(table.uncertainty[others] < 0.05)
+    single = locate_atoms(agree[None], member_probabilities=agree[None, None])
+    assert len(single) == len(pos) and np.all(single.uncertainty == 0)
+
+
+def test_given_uncertainty_map_is_averaged_over_blob():
+    pos = np.array([[16.0, 16.0]])
+    p = gaussian_map(pos, shape=(32, 32))[None]
+    u = np.full_like(p, 0.25)
+    table = locate_atoms(p, uncertainty=u)
+    assert table.uncertainty[0] == pytest.approx(0.25)
+
+
+def test_bad_inputs_raise_input_error():
+    with pytest.raises(InputError):
+        locate_atoms(np.zeros((16, 16)))
+    with pytest.raises(InputError):
+        locate_atoms(np.zeros((2, 16, 16)), class_names=("a", "b", "c"))
+    with pytest.raises(InputError):
+        locate_atoms(np.zeros((1, 16, 16)), uncertainty=np.zeros((1, 8, 8)))
+    with pytest.raises(InputError):
+        locate_atoms(np.zeros((1, 16, 16)), threshold=0.0)
