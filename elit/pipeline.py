@@ -370,13 +370,14 @@ class _Runner:
 
         if self.done(it, "trainer"):
             return self.store.read_ensemble(it)
-        completed = {i: Member.from_arrays(spec, arrays) for i, (spec, arrays) in self.store.read_members(it).items()}
         if ts is None:
             raise InputError(f"cannot resume iteration {it}: its training data was not stored")
         seed = self.seed(it, "trainer")
         info = self.p._stage_info("trainer", it, seed, used)
         info["config"] = {**info["config"], "architecture": self.p.stages["architecture"].get_params(),
                           "architecture_name": self.p.stages["architecture"].name, "warm_start": init is not None}
+        stored = self.store.read_members(it, info=info)
+        completed = {i: Member.from_arrays(spec, arrays) for i, (spec, arrays) in stored.items()}
         with self.store.stage(it, "trainer", info) as st:
             ens = self.p.stages["trainer"].fit(
                 ts,

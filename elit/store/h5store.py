@@ -306,6 +306,8 @@ class RunStore:
             else:
                 g = f.create_group("environment")
             for key, value in env.items():
+                if isinstance(value, str):
+                    value = str(value)  # str subclasses (e.g. torch's version) become plain strings
                 if isinstance(value, (str, bool, int, float, np.generic)):
                     g.attrs[str(key)] = value
                 else:

@@ -1,0 +1,128 @@
+"""The Pipeline end to end with small stages: two iterations plus a multi-class one, one HDF5 file."""
+
+import h5py
+import numpy as np
+import pytest
+from pydantic import Field
+
+import elit
+from elit.data import AtomTable, Refinement, TrainingSet
+from elit.pipeline import Pipeline, derive_seed
+from elit.testing import toy_frames, toy_training_set
+
+TINY = {
+    "seed": 3,
+    "device": "cpu",
+    "scale": {"pixel_size": 0.2, "input_pixel_size": 0.2},
+    "iterations": {"max_iterations": 1, "min_improvement": 0.0, "n_simulated": 4, "multiclass": True},
+    "simulator": {"name": "graphene", "params": {"image_size": 48}},
+    "augmenter": {"name": "standard", "params": {"crop_size": 32}},
+    "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
+    "trainer": {
+        "name": "multi-swa",
+        "params": {"n_members": 2, "steps": 4, "batch_size": 2, "patch_size": 32, "min_steps": 0, "eval_every": 2,
+                   "val_patches": 2, "bn_batches": 2, "progress": False},
+    },
+    "selector": {"name": "auto", "params": {"k": 1}},
+    "classifier": {"name": "intensity"},
+}
+
+
+class TruthRefiner(elit.Refiner):
+    """Test refiner: masks from the toy truth, classes taken from the atoms it is given."""
+
+    name = "truth"
+    version = "1"
+    description = "test refiner"
+
+    class Config(elit.StageConfig):
+        radius: float = Field(2.0, gt=0, description="disc radius in px")
+
+    def refine(self, frames, predictions, selection, atoms, rng, pixel_size):
+        ts = toy_training_set(len(frames), frames.shape[-1])
+        names = atoms.class_names
+        if len(names) > 1:
+            labels = ts.labels.copy()
+            labels[labels == 1] = 1 + (rng.random() < 2)  # every atom pixel becomes the last class
+            ts = TrainingSet(ts.images, labels, names, pixel_size)
+        return Refinement(ts, atoms, AtomTable.empty(names), list(range(len(frames))), ["test"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "run.h5"
+    frames, _ = toy_frames(2, 48)
+    seen = []
+    pipe = Pipeline(TINY, refiner=TruthRefiner())
+    result = pipe.run(frames * 100 + 7, store=path, on_iteration=lambda s, a: seen.append(s.iteration))
+    return path, result, seen
+
+
+def test_runs_every_iteration(run):
+    path, result, seen = run
+    assert seen == [0, 1, 2]
+    assert [s.kind for s in result.iterations] == ["simulated", "experimental", "multi-class"]
+    assert result.mean.shape[0] == 2 and result.mean.shape[1] == 2  # two frames, two classes after multi-class
+    assert result.path == path
+
+
+def test_file_holds_every_stage_with_provenance(run):
+    path, _, _ = run
+    expected = {
+        0: {"simulator", "augmenter", "trainer", "selector", "predict"},
+        1: {"refiner", "trainer", "selector", "predict"},
+        2: {"classifier", "refiner", "trainer", "selector", "predict"},
+    }
+    with h5py.File(path, "r") as f:
+        assert "config" in f and "environment" in f and "inputs" in f
+        for it, kinds in expected.items():
+            group = f[f"iterations/iter_{it:03d}"]
+            assert set(group) == kinds
+            for kind in kinds:
+                attrs = group[kind].attrs
+                for key in ("name", "plugin", "config", "seed", "started", "finished"):
+                    assert key in attrs, f"iter {it} {kind} lacks {key}"
+                assert bool(attrs["complete"])
+        assert f["iterations/iter_001/refiner"].attrs["plugin"] == "python"
+        assert f["iterations/iter_000/simulator"].attrs["plugin"] == "builtins"
+
+
+def test_seeds_are_derived_per_stage(run):
+    path, _, _ = run
+    with h5py.File(path, "r") as f:
+        assert int(f["iterations/iter_000/trainer"].attrs["seed"]) == derive_seed(3, 0, "trainer")
+        assert int(f["iterations/iter_001/trainer"].attrs["seed"]) == derive_seed(3, 1, "trainer")
+    assert derive_seed(3, 0, "trainer") != derive_seed(3, 1, "trainer")
+
+
+def test_sidpy_reads_images_with_dimensions(run):
+    path, _, _ = run
+    from pyNSID.io.hdf_utils import read_h5py_dataset
+
+    with h5py.File(path, "r") as f:
+        ds = read_h5py_dataset(f["iterations/iter_001/predict/mean/mean"])
+        assert ds.ndim == 4
+        units = [ds._axes[i].units for i in range(ds.ndim)]
+        assert "Å" in units[-1] or "A" in units[-1]
+
+
+def test_no_pickles_in_the_file(run):
+    path, _, _ = run
+    data = path.read_bytes()
+    assert b"\x80\x04\x95" not in data and b"cnumpy" not in data
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            assert obj.dtype.kind != "O" or h5py.check_string_dtype(obj.dtype), f"{name} holds objects"
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+
+
+def test_ensemble_reloads_with_identical_predictions(run):
+    path, result, _ = run
+    from elit.store import RunStore
+
+    ens = RunStore.open(path, "r").read_ensemble(2)
+    frames = np.random.default_rng(0).random((1, 40, 40)).astype(np.float32)
+    assert np.array_equal(ens.predict(frames), result.ensemble.predict(frames))
