@@ -307,8 +307,10 @@ def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple
         raise InputError(f"frames must be a 2-D image or a 3-D stack (frames, rows, cols), got shape {frames.shape}")
     px = scale.input_pixel_size or pixel_size
     if px is None:
-        px, confidence = estimate_pixel_size(frames[0].astype(np.float32), lattice=scale.lattice, spacing_A=scale.lattice_spacing)
+        px, confidence = estimate_pixel_size(frames[:8].astype(np.float32), lattice=scale.lattice, spacing_A=scale.lattice_spacing)
         log.info("estimated pixel size %.4f A/px (confidence %.2f)", px, confidence)
+        if confidence < 0.3:
+            log.warning("the pixel-size estimate is unreliable (confidence %.2f); give it with --pixel-size", confidence)
         if not np.isfinite(px) or px <= 0:
             raise InputError("the pixel size could not be estimated; give it with --pixel-size")
     factor = float(px) / scale.pixel_size
