@@ -176,6 +176,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    """Parse ``"3,7"``; a bad item is a user error naming the option."""
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ElitError(f"{option} takes comma-separated whole numbers, e.g. 3,7; got {text!r}") from None
+
+
 def cmd_report(args) -> int:
     from elit.report import write_report
 
@@ -188,7 +196,7 @@ def cmd_report(args) -> int:
 def cmd_gallery(args) -> int:
     from elit.report import member_gallery
 
-    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    frames = _int_list(args.frames, "--frames") if args.frames else None
     path = member_gallery(args.result, Path(args.out), iteration=args.iteration, frames=frames)
     print(f"wrote {path}")
     return 0
@@ -197,9 +205,19 @@ def cmd_gallery(args) -> int:
 def cmd_select(args) -> int:
     from elit.results import continue_with_members
 
-    members = [int(m) for m in args.members.split(",") if m.strip()]
+    members = _int_list(args.members, "--members")
     result = continue_with_members(args.result, members)
     _print_summary(result)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from elit.live import watch
+
+    watch(args.result, args.folder, pattern=args.pattern, out=args.out, poll=args.poll, max_frames=args.max_frames,
+          timeout=args.timeout, stop_when_idle=args.idle, iteration=args.iteration, device=args.device,
+          pixel_size=args.pixel_size, k=args.k, min_score=args.min_score, tolerance=args.tolerance,
+          score_size=args.score_size, overwrite=args.overwrite, skip_existing=args.skip_existing, figure=args.figure)
     return 0
 
 
@@ -286,6 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--members", required=True, help="comma-separated member indices, e.g. 3,7")
     s.set_defaults(func=cmd_select)
 
+    s = sub.add_parser("watch", help="analyse image files as they appear in a folder (automated experiments)")
+    s.add_argument("result", help="finished run file whose trained ensemble is used")
+    s.add_argument("folder", help="folder the microscope writes into")
+    s.add_argument("--pattern", default="*.tif", help="shell pattern of the files to analyse (default: *.tif)")
+    s.add_argument("--out", help="live HDF5 file, readable while it grows (default: FOLDER/elit-live-DATE-TIME.h5)")
+    s.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the folder (default: 0.5)")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames")
+    s.add_argument("--timeout", type=float, help="stop after this many seconds")
+    s.add_argument("--idle", type=float, help="stop when no new file came for this many seconds")
+    s.add_argument("--iteration", default="last", help="iteration of the run whose ensemble is used (default: last)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where networks run (default: the run's config)")
+    s.add_argument("--pixel-size", type=float, help="input pixel size in Angstrom/px (default: metadata or estimate)")
+    s.add_argument("--k", type=int, help="most members used per frame (default: no limit)")
+    s.add_argument("--min-score", type=float, help="member score needed on a frame (default: 0.5)")
+    s.add_argument("--tolerance", type=float, help="how far below the frame's best member a used member may score (default: 0.1)")
+    s.add_argument("--score-size", type=int, help="score members on a centred crop of this many working pixels (faster)")
+    s.add_argument("--figure", help="write the drift report PNG here at the end")
+    s.add_argument("--skip-existing", action="store_true", help="ignore files already in the folder")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    s.set_defaults(func=cmd_watch)
+
     s = sub.add_parser("demo", help="run the embedded demo end to end and print a summary")
     s.add_argument("--case", choices=["graphene", "perovskite"], default="graphene")
     s.add_argument("--out", default="elit-demo", help="output folder (default: ./elit-demo)")
@@ -295,13 +334,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process gets SIGTERM, so it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
+def _interrupted_message(args) -> str:
+    """What an interrupted command tells the user (a run says how to resume it)."""
+    target = {"run": getattr(args, "resume", None) or getattr(args, "out", None), "select": getattr(args, "result", None)}
+    if target.get(args.command):
+        return f"elit: interrupted; finished stages are kept (resume with `elit run --resume {target[args.command]}`)"
+    return "elit: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``elit`` command."""
+    """Entry point of the ``elit`` command.
+
+    Exit codes: 0 success, 2 a user error (one ``elit: error:`` line), 1 an
+    internal error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+    """
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="elit: %(message)s", stream=sys.stderr
     )
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _dispatch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args) or 0
     except ElitError as err:
@@ -310,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(err).splitlines() or ["error"]:
             print(f"elit: error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("elit: interrupted; finished stages are kept (resume with `elit run --resume FILE`)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(_interrupted_message(args), file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if args.debug:
             raise

@@ -147,6 +147,14 @@ def _validate_structure(raw: dict) -> PipelineConfig:
         raise ConfigError(text) from None
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML parser error in one line: ``line L, column C: problem``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value`` (value as YAML) into a key path and a value."""
     import yaml
@@ -160,7 +168,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({yaml_problem(err)})") from None
     return path, parsed
 
 
@@ -193,8 +201,10 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config path {str(p)!r} is a directory, not a YAML file")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_problem(err)}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"config file {str(p)!r} cannot be read as text ({type(err).__name__}: {err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(raw).__name__}")
     return raw
@@ -235,8 +245,12 @@ def merge(base: dict, update: dict) -> dict:
 def load_config(
     path: str | Path | None = None, recipe: str | None = None, overrides: list[str] = (), raw: dict | None = None
 ) -> PipelineConfig:
-    """Build a structurally valid config from a recipe, a YAML file, a dict and overrides (in that order)."""
-    data: dict = {}
+    """Build a structurally valid config from a recipe, a YAML file, a dict and overrides (in that order).
+
+    Everything starts from the defaults, so an override such as
+    ``trainer.params.n_members=4`` works when no file names the trainer.
+    """
+    data: dict = PipelineConfig().model_dump(mode="json")
     if recipe:
         data = merge(data, load_recipe(recipe))
     if path is not None:

@@ -240,31 +240,38 @@ class Pipeline:
             if stored.get("seed") != self.config.seed:
                 raise ConfigError(f"{store} was made with seed {stored.get('seed')}, not {self.config.seed}; resume with the same config")
             frames, pixel_size, _meta = rs.read_input(input_name)
+            rs.write_environment(*self.environment(device))  # the resumed session joins the history
         else:
-            if frames is None:
+            if frames is not None:  # frames given in Python get the same checks as files
+                from elit.readers import validate_frames
+
+                frames, _notes = validate_frames(frames, nan_policy=self.config.data.nan_policy, source=input_name)
+            else:
                 if not self.config.data.path:
                     raise InputError("no input: give frames or set data.path / --data")
                 from elit.readers import read_image
 
-                image = read_image(self.config.data.path)
+                image = read_image(self.config.data.path, nan_policy=self.config.data.nan_policy)
                 frames, pixel_size = image.frames, pixel_size or image.pixel_size
                 source.setdefault("source", image.source)
                 source.setdefault("sha256", image.sha256)
                 source.setdefault("metadata", image.metadata)
-            rs = RunStore.create(store, overwrite=overwrite)
-            rs.write_config(self.config.model_dump(mode="json"))
-            env, plugins = self.environment(device)
-            rs.write_environment(env, plugins)
             raw = np.asarray(frames)
             raw = raw[None] if raw.ndim == 2 else raw
-            rs.write_input(
-                input_name,
-                raw,
-                pixel_size=self.config.scale.input_pixel_size or pixel_size,
-                source=source.get("source"),
-                sha256=source.get("sha256"),
-                metadata=source.get("metadata"),
-            )
+            # config, environment and input appear together: a run file can always be resumed
+            with RunStore.building(store, overwrite=overwrite) as rs:
+                rs.write_config(self.config.model_dump(mode="json"))
+                env, plugins = self.environment(device)
+                rs.write_environment(env, plugins)
+                rs.write_input(
+                    input_name,
+                    raw,
+                    pixel_size=self.config.scale.input_pixel_size or pixel_size,
+                    source=source.get("source"),
+                    sha256=source.get("sha256"),
+                    metadata=source.get("metadata"),
+                )
+            rs = RunStore.open(store, mode="a")
             frames = raw
 
         working, input_px, factor = self.prepare(frames, pixel_size)
@@ -350,12 +357,19 @@ class _Runner:
     # -- steps
     def simulate(self) -> TrainingSet | None:
         it = 0
-        if self.done(it, "simulator") and (not self._has("augmenter") or self.done(it, "augmenter")) and self.done(it, "trainer"):
+        if self.done(it, "trainer"):
             return None  # nothing downstream needs the simulated set again
-        seed = self.seed(it, "simulator")
-        ts = self.p.stages["simulator"].simulate(self.cfg.iterations.n_simulated, np.random.default_rng(seed), self.px)
-        with self.store.stage(it, "simulator", self.p._stage_info("simulator", it, seed, [])) as st:
-            _write_training_set(st, ts, self.px, [])
+        # On resume, a finished step's training set is read back instead of made again.
+        last = "augmenter" if self._has("augmenter") else "simulator"
+        if self.done(it, last):
+            return _read_training_set(self.store, self.path(it, last, ""))
+        if self.done(it, "simulator"):
+            ts = _read_training_set(self.store, self.path(it, "simulator", ""))
+        else:
+            seed = self.seed(it, "simulator")
+            ts = self.p.stages["simulator"].simulate(self.cfg.iterations.n_simulated, np.random.default_rng(seed), self.px)
+            with self.store.stage(it, "simulator", self.p._stage_info("simulator", it, seed, [])) as st:
+                _write_training_set(st, ts, self.px, [])
         if self._has("augmenter"):
             seed = self.seed(it, "augmenter")
             ts = self.p.stages["augmenter"].augment(ts, np.random.default_rng(seed))
@@ -404,7 +418,11 @@ class _Runner:
             return st_out
         preds = ensemble.predict(self.frames, device=self.device, progress=True)
         seed = self.seed(it, "selector")
-        selection = self.p.stages["selector"].select(preds, self.frames, self.px)
+        selector_done = self.done(it, "selector")  # resumed between the selector's and the predict step's commits
+        if selector_done:
+            selection = _read_selection(self.store, self.path(it, "selector", ""))
+        else:
+            selection = self.p.stages["selector"].select(preds, self.frames, self.px)
         members = selection.members if it == 0 else list(range(len(ensemble)))
         mean, std = ensemble.mean_std(preds, members)
         atoms = locate_atoms(
@@ -415,21 +433,22 @@ class _Runner:
             class_names=ensemble.class_names,
         )
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
-        with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
-            st.add_json(
-                "selection",
-                {
-                    "members": selection.members,
-                    "reasons": selection.reasons,
-                    "criteria": sorted(selection.criteria),
-                    "frame_scores": selection.frame_scores is not None,
-                },
-            )
-            st.add_array("scores", selection.scores)
-            for name, values in selection.criteria.items():
-                st.add_array(f"criteria/{name}", np.asarray(values, dtype=np.float64))
-            if selection.frame_scores is not None:
-                st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
+        if not selector_done:
+            with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
+                st.add_json(
+                    "selection",
+                    {
+                        "members": selection.members,
+                        "reasons": selection.reasons,
+                        "criteria": sorted(selection.criteria),
+                        "frame_scores": selection.frame_scores is not None,
+                    },
+                )
+                st.add_array("scores", selection.scores)
+                for name, values in selection.criteria.items():
+                    st.add_array(f"criteria/{name}", np.asarray(values, dtype=np.float64))
+                if selection.frame_scores is not None:
+                    st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
             dims = ["member", "frame", "class", "y", "x"]
@@ -558,6 +577,7 @@ def _read_training_set(store, group: str) -> TrainingSet:
         store.read_image(f"{group}/labels"),
         tuple(meta["class_names"]),
         float(meta["pixel_size"]),
+        store.read_table(f"{group}/atoms") if store.has(f"{group}/atoms") else None,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,8 +25,17 @@ import numpy as np
 
 from elit.errors import InputError
 
+log = logging.getLogger("elit")
+
 MIN_SIZE = 16
 """Smallest frame side (pixels) accepted."""
+
+MAX_PIXELS = 1 << 30
+"""Most pixels (all frames together) accepted: 2**30, i.e. 4 GiB as float32.
+
+The environment variable ``ELIT_MAX_PIXELS`` (an integer) changes it; so does
+the ``max_pixels`` argument of :func:`read_image` and :func:`validate_frames`.
+"""
 
 MAX_CHANNELS_LAST = 8
 """A 3-D array ``(H, W, n)`` with ``n`` up to this and ``H, W`` larger is read as ``n`` frames stored channel-last."""
@@ -207,8 +217,58 @@ def compact_metadata(meta: Any, max_items: int = 40, depth: int = 0) -> Any:
     return str(meta)
 
 
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: ``max_pixels`` if given, else ``$ELIT_MAX_PIXELS``, else :data:`MAX_PIXELS`."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    text = os.environ.get("ELIT_MAX_PIXELS", "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise InputError(f"ELIT_MAX_PIXELS={text!r} is not a number of pixels") from None
+    if value <= 0:
+        raise InputError(f"ELIT_MAX_PIXELS={text!r} must be positive")
+    return value
+
+
+def check_size(shape: tuple[int, ...], source: str = "image", max_pixels: int | None = None) -> None:
+    """Refuse data with more pixels than :func:`max_pixels_limit` allows (before it is read, when possible).
+
+    Raises
+    ------
+    InputError
+        Naming the shape, the pixel count and how to raise the limit.
+    """
+    limit = max_pixels_limit(max_pixels)
+    count = math.prod(int(n) for n in shape)
+    if count > limit:
+        raise InputError(
+            f"{source}: {count:,} pixels (shape {tuple(int(n) for n in shape)}) exceed the limit of {limit:,}; "
+            "crop or bin the data, or raise the limit with ELIT_MAX_PIXELS"
+        )
+
+
+def npy_header_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """Shape declared in a ``.npy`` file's header, read without loading (or unpickling) any data; None if unknown."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, _ = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+    except (OSError, ValueError, SyntaxError):
+        return None  # the reader reports what is wrong with the file
+    return tuple(int(n) for n in shape)
+
+
 def validate_frames(
-    frames: Any, nan_policy: str = "refuse", source: str = "image", color: bool | None = None
+    frames: Any, nan_policy: str = "refuse", source: str = "image", color: bool | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Check frames and bring them to ``(N, H, W)`` float32; return ``(frames, notes)``.
 
@@ -225,12 +285,19 @@ def validate_frames(
     color : bool, optional
         Whether a last axis of 3 or 4 holds colour; default: only for 8-bit
         data (PNG/JPEG-like), otherwise such an axis is read as frames.
+    max_pixels : int, optional
+        Refuse more pixels than this (default :func:`max_pixels_limit`).
 
     Raises
     ------
     InputError
-        Wrong number of dimensions, empty or tiny frames, complex or non-numeric
-        data, constant frames, NaN/Inf with ``nan_policy="refuse"``.
+        Wrong number of dimensions, empty, tiny or too large frames, complex or
+        non-numeric data, constant frames, NaN/Inf with ``nan_policy="refuse"``.
+
+    Notes
+    -----
+    Every change made (dtype conversion, transposed channel-last stack, filled
+    pixels) is returned in ``notes`` and logged on the ``elit`` logger.
     """
     if nan_policy not in ("refuse", "fill"):
         raise InputError(f"nan_policy must be 'refuse' or 'fill', got {nan_policy!r}")
@@ -268,6 +335,7 @@ def validate_frames(
     n, h, w = arr.shape
     if h < MIN_SIZE or w < MIN_SIZE:
         raise InputError(f"{source}: frames of {h}x{w} pixels are too small (at least {MIN_SIZE}x{MIN_SIZE})")
+    check_size(arr.shape, source, max_pixels)
     if arr.dtype != np.float32:
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
             big = np.nanmax(np.abs(arr[np.isfinite(arr)])) if np.isfinite(arr).any() else 0
@@ -298,6 +366,8 @@ def validate_frames(
         raise InputError(
             f"{source}: frame(s) {which} are constant (every pixel {flat[constant[0], 0]:g}); nothing to find there"
         )
+    for note in notes:
+        (log.warning if "channel-last" in note else log.info)("%s: %s", source, note)
     return np.ascontiguousarray(out), notes
 
 
@@ -378,7 +448,10 @@ def find_reader(path: Path, registry=None, reader: str | None = None) -> type:
     return candidates[-1]
 
 
-def read_image(spec: str | os.PathLike, registry=None, nan_policy: str = "refuse", reader: str | None = None) -> ImageData:
+def read_image(
+    spec: str | os.PathLike, registry=None, nan_policy: str = "refuse", reader: str | None = None,
+    max_pixels: int | None = None,
+) -> ImageData:
     """Read an image file into checked ``(N, H, W)`` float32 frames.
 
     Parameters
@@ -392,6 +465,9 @@ def read_image(spec: str | os.PathLike, registry=None, nan_policy: str = "refuse
         See :func:`validate_frames`.
     reader : str, optional
         Use this reader (by name) whatever the suffix.
+    max_pixels : int, optional
+        Refuse larger data (default :func:`max_pixels_limit`); a ``.npy``
+        header is checked before anything is loaded.
 
     Raises
     ------
@@ -405,6 +481,10 @@ def read_image(spec: str | os.PathLike, registry=None, nan_policy: str = "refuse
     if path.is_dir():
         raise InputError(f"{path} is a folder; give an image file")
     cls = find_reader(path, registry, reader)
+    if path.suffix.lower() == ".npy":
+        declared = npy_header_shape(path)
+        if declared is not None:
+            check_size(declared, str(path), max_pixels)
     try:
         data = cls.read(path, key=key)
     except InputError:
@@ -418,7 +498,7 @@ def read_image(spec: str | os.PathLike, registry=None, nan_policy: str = "refuse
         raise InputError(f"{path}: reader {cls.name!r} returned {type(data).__name__}, not ImageData")
     source = f"{path}:{key}" if key else str(path)
     original_dtype = data.dtype or str(np.asarray(data.frames).dtype)
-    frames, notes = validate_frames(data.frames, nan_policy=nan_policy, source=source)
+    frames, notes = validate_frames(data.frames, nan_policy=nan_policy, source=source, max_pixels=max_pixels)
     metadata = dict(data.metadata)
     metadata.setdefault("reader", cls.name)
     metadata["notes"] = list(metadata.get("notes", [])) + notes

@@ -9,6 +9,8 @@ resumes with its finished members.  See ``docs/file-format.md``.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 from elit.data import ATOM_COLUMNS, AtomTable
 from elit.errors import StoreError
 from elit.store import layout as L
-from elit.store.commit import atomic_update, remove_stale_tmp
+from elit.store.commit import _fsync_path, atomic_update, remove_stale_tmp
 
 FLUSH_ABOVE_BYTES = 256 << 20
 """A stage commits its buffered datasets early (still incomplete) once they exceed this size."""
@@ -37,13 +39,24 @@ def _write_provenance(obj: h5py.HLObject, generated_by: str, derived_from) -> No
     obj.attrs["derived_from"] = _string_array(derived_from)
 
 
+_EXTERNAL_PATH = re.compile(r"^[^/:][^:]*:/")
+
+
+def is_external_path(path: str) -> bool:
+    """True for a reference into another file, written ``FILE:/absolute/path`` (e.g. the model a prediction used)."""
+    return bool(_EXTERNAL_PATH.match(path))
+
+
 def _clean_paths(paths, what: str) -> list[str]:
     if isinstance(paths, str):
         paths = [paths]
     out = []
     for p in paths or ():
-        if not isinstance(p, str) or not p.startswith("/"):
-            raise StoreError(f"{what} must list absolute dataset paths ('/inputs/frames/frames'), got {p!r}")
+        if not isinstance(p, str) or not (p.startswith("/") or is_external_path(p)):
+            raise StoreError(
+                f"{what} must list absolute dataset paths ('/inputs/frames/frames') or FILE:/path in another file, "
+                f"got {p!r}"
+            )
         out.append(p)
     return out
 
@@ -184,6 +197,34 @@ class RunStore:
             f.create_group("inputs")
             f.create_group("iterations")
         return cls(path, "a", _TOKEN)
+
+    @classmethod
+    @contextmanager
+    def building(cls, path: str | Path, overwrite: bool = False) -> Iterator[RunStore]:
+        """Create a run file whose first contents (config, environment, inputs) appear all at once.
+
+        Yields a store on the side file ``<path>.partial``; when the block ends
+        without an error, that file is renamed to ``path`` (atomically, replacing
+        it when ``overwrite``).  A crash inside the block leaves ``path`` as it
+        was (absent, or the old file), so a run file always holds its config and
+        input; a stale side file is replaced by the next attempt.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a run file")
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path} already exists; choose another name or allow overwriting")
+        side = path.with_name(path.name + ".partial")
+        store = cls.create(side, overwrite=True)
+        try:
+            yield store
+            _fsync_path(side)
+            os.replace(side, path)
+            _fsync_path(path.parent, directory=True)
+        except BaseException:
+            remove_stale_tmp(side)
+            side.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> RunStore:
@@ -947,7 +988,7 @@ class StageWriter:
                 if self._ensemble_added and L.MEMBERS in g:
                     del g[L.MEMBERS]  # superseded by the ensemble (which links the same weights)
                 for where, paths in checks:
-                    lost = [p for p in paths if p not in f]
+                    lost = [p for p in paths if not is_external_path(p) and p not in f]
                     if lost:
                         raise StoreError(f"{where}: refers to {', '.join(lost)}, which the file does not hold")
                 g.attrs["finished"] = L.now_iso()
