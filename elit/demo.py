@@ -42,6 +42,17 @@ def make_experiment(case: str, seed: int = 0):
     raise ElitError(f"unknown demo case {case!r}; cases: graphene, perovskite")
 
 
+def atoms_in_holes(atoms, hole_masks) -> int:
+    """Number of found atoms that lie inside the experiment's holes."""
+    if hole_masks is None or len(atoms) == 0:
+        return 0
+    n, h, w = hole_masks.shape
+    r = np.clip(np.round(atoms.row).astype(int), 0, h - 1)
+    c = np.clip(np.round(atoms.col).astype(int), 0, w - 1)
+    f = np.clip(atoms.frame, 0, n - 1)
+    return int(hole_masks[f, r, c].sum())
+
+
 def score(truth, atoms, pixel_size: float) -> dict:
     """F1, precision, recall, localisation RMSE (Angstrom) and dopant recall against the truth."""
     from elit.metrics import detection_scores
@@ -57,6 +68,8 @@ def score(truth, atoms, pixel_size: float) -> dict:
     if len(truth.class_names) > 1:
         minority = truth.class_names[-1]
         out[f"{minority}_recall"] = float(per_class.get(minority, float("nan")))
+        as_class = s.get("class_recall_per_class") or {}
+        out[f"{minority}_as_{minority}"] = float(as_class.get(minority, 0.0))
     return out
 
 
@@ -92,6 +105,7 @@ def run_demo(
         nonlocal t_iter
         row = {"iteration": summary.iteration, "kind": summary.kind, "atoms": len(atoms)}
         row.update(score(exp.truth, atoms, exp.pixel_size))
+        row["in_hole"] = atoms_in_holes(atoms, exp.hole_masks)
         row["seconds"] = round(time.perf_counter() - t_iter, 1)
         t_iter = time.perf_counter()
         rows.append(row)
@@ -103,7 +117,8 @@ def run_demo(
     )
     baseline = {"iteration": "classical", "kind": "peak finder"}
     base_atoms = classical_atoms(exp.frames, exp.pixel_size)
-    baseline.update({"atoms": len(base_atoms), **score(exp.truth, base_atoms, exp.pixel_size), "seconds": 0.0})
+    baseline.update({"atoms": len(base_atoms), **score(exp.truth, base_atoms, exp.pixel_size)})
+    baseline.update({"in_hole": atoms_in_holes(base_atoms, exp.hole_masks), "seconds": 0.0})
     rows.append(baseline)
     print(_format_row(baseline), flush=True)
 

@@ -138,6 +138,7 @@ def detection_scores(true: AtomTable, pred: AtomTable, max_distance_px: float) -
         ``recall_per_class`` (true class name -> share of those atoms found,
         at any class; e.g. the dopant recall); ``precision_per_class`` and
         ``class_accuracy`` (share of matched atoms whose class names agree),
+        ``class_recall_per_class`` (true class name -> share found with that class),
         when both tables have class names in common.
     """
     frames = np.union1d(np.unique(true.frame), np.unique(pred.frame)).astype(np.int64)
@@ -191,6 +192,11 @@ def detection_scores(true: AtomTable, pred: AtomTable, max_distance_px: float) -
         tn = np.asarray(true.class_names, dtype=object)[true.class_index[pairs[:, 0]]]
         pn = np.asarray(pred.class_names, dtype=object)[pred.class_index[pairs[:, 1]]]
         out["class_accuracy"] = float(np.mean(tn == pn)) if len(pairs) else float("nan")
+        out["class_recall_per_class"] = {
+            name: float(np.sum((tn == pn) & (tn == name)) / np.sum(true.class_index == k))
+            for k, name in enumerate(true.class_names)
+            if np.any(true.class_index == k)
+        }
     return out
 
 

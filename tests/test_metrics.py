@@ -110,3 +110,16 @@ def test_detection_rate():
     assert rates.tolist() == pytest.approx([0.5, 1.0])
     with pytest.raises(InputError):
         detection_rate(10, 0.0)
+
+
+def test_class_recall_counts_only_atoms_found_with_their_class():
+    from elit.data import AtomTable
+    from elit.metrics import detection_scores
+
+    z = np.zeros(3)
+    true = AtomTable(z, [0.0, 10.0, 20.0], [0.0, 10.0, 20.0], [0, 1, 1], z + 1, z, class_names=("C", "Si"))
+    pred = AtomTable(z, [0.1, 10.1, 20.1], [0.0, 10.0, 20.0], [0, 1, 0], z + 1, z, class_names=("C", "Si"))
+    s = detection_scores(true, pred, 1.0)
+    assert s["recall_per_class"]["Si"] == 1.0  # both Si atoms were found ...
+    assert s["class_recall_per_class"]["Si"] == 0.5  # ... but only one as Si
+    assert s["class_recall_per_class"]["C"] == 1.0
