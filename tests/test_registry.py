@@ -89,3 +89,13 @@ def test_hookspecs_are_documented():
             assert fn.__doc__ and "Returns" in fn.__doc__, f"hook {name} lacks a documented return"
             doc = open("docs/plugins.md").read()
             assert name in doc, f"hook {name} is not described in docs/plugins.md"
+
+
+def test_config_can_use_the_example_plugin():
+    from elit.config import load_config, resolve_stages
+    from elit.plugins import make_plugin_manager
+
+    reg = Registry.from_plugin_manager(make_plugin_manager(autoload=True))
+    stages = resolve_stages(load_config(overrides=["selector.name=median-agreement", "selector.params.k=2"]), reg)
+    assert type(stages["selector"]).__module__ == "elit_example"
+    assert stages["selector"].config.k == 2
