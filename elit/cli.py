@@ -92,6 +92,28 @@ def _check_output(path: Path, overwrite: bool) -> None:
         raise ElitError(f"output folder {path.parent} does not exist")
 
 
+def _executor_overrides(args) -> list[str]:
+    """``--executor / --workers / --scheduler`` as config overrides (``executor.*``)."""
+    out = []
+    if args.scheduler and args.executor == "local":
+        raise ElitError("--scheduler needs --executor dask (or leave --executor out)")
+    if args.executor:
+        out.append(f"executor.kind={args.executor}")
+    elif args.scheduler or args.workers:
+        out.append("executor.kind=dask")
+    if args.workers is not None:
+        out.append(f"executor.n_workers={args.workers}")
+    if args.scheduler:
+        out.append(f"executor.address={json.dumps(args.scheduler)}")
+    return out
+
+
+def _add_executor_options(s) -> None:
+    s.add_argument("--executor", choices=["local", "dask"], help="where ensemble members train (default: the config's, local)")
+    s.add_argument("--workers", type=int, metavar="N", help="worker processes of a local dask cluster (implies --executor dask)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler, e.g. tcp://host:8786 (implies --executor dask)")
+
+
 def cmd_run(args) -> int:
     from elit.config import load_config
     from elit.pipeline import Pipeline
@@ -100,13 +122,13 @@ def cmd_run(args) -> int:
         from elit.store import RunStore
 
         stored = RunStore.open(args.resume, mode="r").read_config()
-        config = load_config(raw=stored, overrides=args.set)
+        config = load_config(raw=stored, overrides=list(args.set) + _executor_overrides(args))
         result = Pipeline(config).run(store=args.resume, resume=True)
         _print_summary(result)
         return 0
     if not args.config and not args.recipe:
         raise ElitError("give a CONFIG file or --recipe NAME (recipes: see `elit run --help`)")
-    overrides = list(args.set)
+    overrides = list(args.set) + _executor_overrides(args)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
     if args.pixel_size:
@@ -224,7 +246,7 @@ def cmd_watch(args) -> int:
 def cmd_demo(args) -> int:
     from elit.demo import run_demo
 
-    overrides = list(args.set)
+    overrides = list(args.set) + _executor_overrides(args)
     return run_demo(case=args.case, out=Path(args.out), overwrite=args.overwrite, overrides=overrides)
 
 
@@ -259,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where networks run")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. trainer.params.n_members=4")
     s.add_argument("--resume", metavar="RESULT.h5", help="continue an interrupted run in this file")
+    _add_executor_options(s)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_run)
 
@@ -330,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="elit-demo", help="output folder (default: ./elit-demo)")
     s.add_argument("--overwrite", action="store_true", help="replace earlier demo results in the folder")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_executor_options(s)
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -72,6 +72,21 @@ class DataConfig(_Strict):
     nan_policy: Literal["refuse", "fill"] = Field("refuse", description="What to do with NaN/Inf pixels: refuse the input or fill them with the median.")
 
 
+class ExecutorConfig(_Strict):
+    """Where independent tasks (ensemble members) run; results are the same either way."""
+
+    kind: Literal["local", "dask"] = Field(
+        "local", description="local: one after another in this process; dask: as tasks on a dask.distributed cluster."
+    )
+    address: str | None = Field(
+        None, description="Address of a running dask scheduler (e.g. tcp://10.0.0.5:8786); None: start a LocalCluster on 127.0.0.1."
+    )
+    n_workers: int = Field(2, ge=1, le=1024, description="Worker processes of the LocalCluster (ignored with address; with CUDA: one per GPU).")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="Tasks each LocalCluster worker runs at once (1 suits training).")
+    retries: int = Field(1, ge=0, le=10, description="Times a task that raised is tried again (a task whose worker died is rescheduled anyway).")
+    frames_per_task: int = Field(16, ge=1, le=100_000, description="Frames per inference task when a stack is predicted on the cluster.")
+
+
 class PipelineConfig(_Strict):
     """A whole ELIT run."""
 
@@ -79,6 +94,7 @@ class PipelineConfig(_Strict):
     seed: int = Field(0, ge=0, description="Root seed; every stage and member derives its own seed from it.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where networks run: auto picks CUDA when present.")
     data: DataConfig = Field(default_factory=DataConfig, description="The input frames.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where ensemble members train: locally or on a dask cluster.")
     scale: ScaleConfig = Field(default_factory=ScaleConfig, description="Pixel sizes.")
     iterations: IterationConfig = Field(default_factory=IterationConfig, description="The iteration plan.")
     simulator: StageSpec = Field(default_factory=lambda: StageSpec(name="graphene"), description="Makes iteration 0's training data.")

@@ -10,6 +10,7 @@ the atoms and trains a multi-class ensemble.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -276,8 +277,12 @@ class Pipeline:
 
         working, input_px, factor = self.prepare(frames, pixel_size)
         runner = _Runner(self, rs, working, input_px, factor, device, input_name, on_iteration)
+        from elit.executors import make_executor
+
+        runner.executor = make_executor(self.config.executor, device=str(device))  # a cluster starts at first use
         try:
-            result = runner.run()
+            with runner.executor:
+                result = runner.run()
         finally:
             if tmpdir is not None:
                 tmpdir.cleanup()
@@ -340,6 +345,7 @@ class _Runner:
         self.input_path = f"/inputs/{input_name}"
         self.on_iteration = on_iteration
         self.summaries: list[IterationSummary] = []
+        self.executor = None  # where ensemble members train (elit.executors); None: here
 
     # -- helpers
     def seed(self, iteration: int, kind: str) -> int:
@@ -394,15 +400,23 @@ class _Runner:
                           "architecture_name": self.p.stages["architecture"].name, "warm_start": init is not None}
         stored = self.store.read_members(it, info=info)
         completed = {i: Member.from_arrays(spec, arrays) for i, (spec, arrays) in stored.items()}
+        trainer = self.p.stages["trainer"]
+        extra = {}
+        if self.executor is not None and getattr(self.executor, "kind", "local") != "local":
+            if "executor" in inspect.signature(trainer.fit).parameters:
+                extra["executor"] = self.executor
+            else:
+                log.warning("trainer %r does not take an executor; its members train in this process", trainer.name)
         with self.store.stage(it, "trainer", info) as st:
-            ens = self.p.stages["trainer"].fit(
+            ens = trainer.fit(
                 ts,
                 self.p.stages["architecture"],
                 seed,
                 init=init,
                 device=self.device,
                 completed=completed,
-                on_member=lambda i, m: st.add_member(i, m),
+                on_member=lambda i, m: st.add_member(i, m),  # the driver alone writes the file
+                **extra,
             )
             st.add_ensemble(ens)
         return ens
@@ -416,7 +430,13 @@ class _Runner:
             st_out.selection = _read_selection(self.store, self.path(it, "selector", ""))
             st_out.atoms = self.store.read_table(self.path(it, PREDICT, "atoms_working"))
             return st_out
-        preds = ensemble.predict(self.frames, device=self.device, progress=True)
+        if self.executor is not None and getattr(self.executor, "kind", "local") != "local":
+            from elit.executors import predict_frames  # chunks of frames as tasks; the driver assembles them
+
+            chunk = self.cfg.executor.frames_per_task
+            preds = predict_frames(self.executor, ensemble, self.frames, chunk=chunk, device=str(self.device))
+        else:
+            preds = ensemble.predict(self.frames, device=self.device, progress=True)
         seed = self.seed(it, "selector")
         selector_done = self.done(it, "selector")  # resumed between the selector's and the predict step's commits
         if selector_done:

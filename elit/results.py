@@ -157,6 +157,6 @@ def continue_with_members(result: str | Path, members: list[int]):
     raw["selector"] = {"name": "manual", "params": {"members": members}}
     config = load_config(raw=raw)
     store.discard_from(0, "selector")
-    store.write_config(config.model_dump(mode="json"))
+    store.write_config(config.model_dump(mode="json"), overwrite=True)  # the selector changed: record it
     log.info("continuing %s with members %s", result, members)
     return Pipeline(config).run(store=result, resume=True)

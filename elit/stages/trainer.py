@@ -24,6 +24,7 @@ class EnsembleTrainer(Stage):
         device: str = "cpu",
         completed: dict | None = None,
         on_member: Callable | None = None,
+        executor=None,
     ):
         """Train and return an :class:`elit.ensemble.Ensemble`.
 
@@ -44,6 +45,11 @@ class EnsembleTrainer(Stage):
             Members already trained (resume); they are not trained again.
         on_member : callable, optional
             Called as ``on_member(index, member)`` when a member finishes, so the
-            caller can make it durable.
+            caller can make it durable.  It runs in the calling process (the
+            driver), which alone writes the result file.
+        executor : elit.executors.Executor, optional
+            Where members train (``executor.map_members``); None: one after another
+            in this process.  Members sent elsewhere must come back as plain arrays
+            and give the same weights as a local run for the same seed.
         """
         raise NotImplementedError

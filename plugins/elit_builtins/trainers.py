@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -17,6 +18,8 @@ from elit.ensemble import Ensemble, Member, load_matching_state, state_to_arrays
 from elit.errors import ConfigError, InputError
 from elit.losses import LOSSES, activation_for, make_loss, output_channels, resolve_loss
 from elit.stages import Architecture, EnsembleTrainer, StageConfig
+
+log = logging.getLogger("elit")
 
 
 def member_seeds(seed: int, n: int) -> list[int]:
@@ -135,6 +138,9 @@ class MultiSWATrainer(EnsembleTrainer):
         patience: int = Field(4, ge=1, description="evaluations without improvement before early stopping")
         min_delta: float = Field(0.01, ge=0, description="relative held-out loss decrease that counts as improvement")
         min_steps: int = Field(100, ge=0, description="no early stopping before this many steps")
+        warm_steps: int | None = Field(
+            None, ge=1, description="maximum steps per member when warm-started (retraining needs fewer); None = steps"
+        )
         val_fraction: float = Field(
             0.15, ge=0, lt=1, description="images held out for evaluation (one image: its bottom rows); 0 = evaluate on training data"
         )
@@ -160,8 +166,15 @@ class MultiSWATrainer(EnsembleTrainer):
         device: str = "cpu",
         completed: dict | None = None,
         on_member: Callable | None = None,
+        executor=None,
     ) -> Ensemble:
-        """Train the ensemble (see :meth:`elit.stages.EnsembleTrainer.fit`)."""
+        """Train the ensemble (see :meth:`elit.stages.EnsembleTrainer.fit`).
+
+        Members are independent tasks of ``executor`` (default: one after another
+        here); each returns plain arrays and ``on_member`` runs here, in the driver.
+        """
+        from elit.executors import LocalExecutor
+
         cfg = self.config
         if not isinstance(training_set, TrainingSet):
             raise InputError(f"fit needs a TrainingSet, got {type(training_set).__name__}")
@@ -171,7 +184,7 @@ class MultiSWATrainer(EnsembleTrainer):
         loss_name = resolve_loss(cfg.loss, n_classes)
         activation = activation_for(loss_name)
         out_ch = output_channels(loss_name, n_classes)
-        loss_fn = make_loss(loss_name, n_classes, cfg.focal_gamma)
+        make_loss(loss_name, n_classes, cfg.focal_gamma)  # a bad loss setting fails here, not in a worker
         completed = dict(completed or {})
         for k in completed:
             if not 0 <= int(k) < cfg.n_members:
@@ -182,28 +195,36 @@ class MultiSWATrainer(EnsembleTrainer):
         split_rng = np.random.default_rng([int(seed), 0xE1171])
         (tr_x, tr_y), (va_x, va_y), held_out = split_held_out(training_set, cfg.val_fraction, cfg.patch_size, split_rng)
         val_x, val_y = fixed_crops(va_x, va_y, cfg.patch_size, cfg.val_patches, split_rng)
-        ctx = _Context(
-            cfg=cfg,
-            dev=dev,
-            n_classes=n_classes,
-            class_names=training_set.class_names,
-            activation=activation,
-            out_ch=out_ch,
-            loss_fn=loss_fn,
-            train=(tr_x, tr_y),
-            val=(torch.from_numpy(val_x)[:, None].to(dev), self._target(val_y, n_classes, activation, dev)),
-        )
+        executor = executor if executor is not None else LocalExecutor()
+        local = isinstance(executor, LocalExecutor)
         seeds = member_seeds(seed, cfg.n_members)
         members: list[Member | None] = [completed.get(i) for i in range(cfg.n_members)]
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        shared = {
+            "trainer": self if local else type(self)(self.config),
+            "architecture": architecture,
+            "device": str(dev) if local else dev.type,  # a dask worker uses the GPU it sees
+            "n_classes": n_classes,
+            "class_names": tuple(training_set.class_names),
+            "loss": loss_name,
+            "train": (tr_x, tr_y),
+            "val": (val_x, val_y),
+            "held_out": bool(held_out),
+            "show": (cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and local,
+            "keep_last_iterate": local,
+        }
+        todo = {
+            i: (seeds[i], None if init is None else init.members[i % len(init)].state, f"member {i + 1}/{cfg.n_members}")
+            for i in range(cfg.n_members)
+            if members[i] is None
+        }
         self.last_iterate_: dict[str, np.ndarray] | None = None
-        for i in range(cfg.n_members):
-            if members[i] is not None:
-                continue
-            init_state = None if init is None else init.members[i % len(init)].state
-            member = self._train_member(ctx, architecture, seeds[i], init_state, show, f"member {i + 1}/{cfg.n_members}")
-            member.metrics["held_out"] = float(held_out)
+        for i, result in executor.map_members(train_member_task, todo, shared):
+            member = Member.from_arrays(*result["member"])
+            if result.get("last_iterate") is not None:
+                self.last_iterate_ = result["last_iterate"]
             members[i] = member
+            if not local:
+                log.info("member %d/%d trained (%.1f s)", i + 1, cfg.n_members, member.metrics.get("seconds", float("nan")))
             if on_member is not None:
                 on_member(i, member)
         metadata = {
@@ -261,8 +282,8 @@ class MultiSWATrainer(EnsembleTrainer):
             opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
             sampler = PatchSampler(ctx.train[0], ctx.train[1], cfg.patch_size, cfg.batch_size, rng, cfg.flips)
             history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": [], "val_iou": []}
-            end = cfg.steps
-            swa_start = int(round((1 - cfg.swa_fraction) * cfg.steps))
+            end = cfg.warm_steps if (warm and cfg.warm_steps) else cfg.steps
+            swa_start = int(round((1 - cfg.swa_fraction) * end))
             swa_model = None
             best, since_best, stopped_early = math.inf, 0, False
             running, n_running = 0.0, 0
@@ -376,6 +397,47 @@ class _Context:
 
     def __init__(self, **kw) -> None:
         self.__dict__.update(kw)
+
+
+def train_member_task(item: tuple, shared: dict) -> dict:
+    """Train one member; a module-level function, so executors can send it to workers.
+
+    Parameters
+    ----------
+    item : (member_seed, init_state or None, label)
+    shared : dict
+        What every member shares (built by :meth:`MultiSWATrainer.fit`): the
+        trainer, the architecture, the device name, the loss, the training and
+        held-out arrays.
+
+    Returns
+    -------
+    dict
+        ``member``: ``Member.to_arrays()``; ``last_iterate``: the weights before
+        averaging (local runs only, else None).  Plain arrays, never modules.
+    """
+    member_seed, init_state, label = item
+    trainer: MultiSWATrainer = shared["trainer"]
+    cfg = trainer.config
+    dev = resolve_device(shared["device"])
+    set_threads(cfg.threads or None)
+    n_classes, loss_name = shared["n_classes"], shared["loss"]
+    activation = activation_for(loss_name)
+    val_x, val_y = shared["val"]
+    ctx = _Context(
+        cfg=cfg,
+        dev=dev,
+        n_classes=n_classes,
+        class_names=shared["class_names"],
+        activation=activation,
+        out_ch=output_channels(loss_name, n_classes),
+        loss_fn=make_loss(loss_name, n_classes, cfg.focal_gamma),
+        train=shared["train"],
+        val=(torch.from_numpy(val_x)[:, None].to(dev), trainer._target(val_y, n_classes, activation, dev)),
+    )
+    member = trainer._train_member(ctx, shared["architecture"], member_seed, init_state, shared["show"], label)
+    member.metrics["held_out"] = float(shared["held_out"])
+    return {"member": member.to_arrays(), "last_iterate": trainer.last_iterate_ if shared["keep_last_iterate"] else None}
 
 
 STAGES = [MultiSWATrainer]
