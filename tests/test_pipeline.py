@@ -126,3 +126,19 @@ def test_ensemble_reloads_with_identical_predictions(run):
     ens = RunStore.open(path, "r").read_ensemble(2)
     frames = np.random.default_rng(0).random((1, 40, 40)).astype(np.float32)
     assert np.array_equal(ens.predict(frames), result.ensemble.predict(frames))
+
+
+def test_select_by_hand_continues_the_run(tmp_path):
+    from elit.results import continue_with_members
+    from elit.store import RunStore
+
+    path = tmp_path / "sel.h5"
+    config = {**TINY, "iterations": {"max_iterations": 0, "n_simulated": 4, "multiclass": False}}
+    Pipeline(config).run(toy_frames(2, 48)[0], store=path)
+    result = continue_with_members(path, [1])
+    store = RunStore.open(path, "r")
+    assert store.read_config()["selector"] == {"name": "manual", "params": {"members": [1]}}
+    assert store.stages(0)["selector"]["name"] == "manual"
+    assert result.iterations[0].members == [1]
+    with pytest.raises(Exception, match="do not exist"):
+        continue_with_members(path, [7])
