@@ -141,19 +141,30 @@ def refine_gaussian(
     return out_r, out_c
 
 
+def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Label, row and column of every labelled pixel of a label image, and the flat mask of them.
+
+    Returns
+    -------
+    lab_in, rows, cols : ndarray
+        Label (1..n) and float64 coordinates of each labelled pixel, in raster order.
+    inside : ndarray of bool
+        ``labels.ravel() > 0``, to pick the same pixels out of other maps.
+    """
+    w = labels.shape[1]
+    lab = labels.ravel()
+    inside = lab > 0
+    flat = np.flatnonzero(inside)
+    return lab[inside], (flat // w).astype(np.float64), (flat % w).astype(np.float64), inside
+
+
 def _member_spread(members: np.ndarray, labels: np.ndarray, n: int, row: np.ndarray, col: np.ndarray,
                    threshold: float) -> np.ndarray:
     """RMS distance (px) of each member's centroid inside the blob from the ensemble centroid."""
     m = members.shape[0]
     if m < 2 or n == 0:
         return np.zeros(n)
-    h, w = labels.shape
-    lab = labels.ravel()
-    inside = lab > 0
-    lab_in = lab[inside]
-    flat = np.flatnonzero(inside)
-    rr = (flat // w).astype(np.float64)
-    cc = (flat % w).astype(np.float64)
+    lab_in, rr, cc, inside = labelled_pixels(labels)
     sq = np.zeros(n)
     counted = np.zeros(n)
     for k in range(m):

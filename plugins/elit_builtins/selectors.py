@@ -42,7 +42,7 @@ from pydantic import Field, field_validator
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from elit.atoms import blob_statistics
+from elit.atoms import blob_statistics, labelled_pixels
 from elit.data import Selection
 from elit.errors import ConfigError, InputError
 from elit.metrics import match_atoms
@@ -117,13 +117,7 @@ def _blob_geometry(p: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
         z = np.zeros(0)
         return {"row": z, "col": z, "area": z, "elongation": z}
     stats = blob_statistics(p, labels, n, threshold)
-    h, w = p.shape
-    lab = labels.ravel()
-    inside = lab > 0
-    lab_in = lab[inside]
-    flat = np.flatnonzero(inside)
-    rr = (flat // w).astype(np.float64)
-    cc = (flat % w).astype(np.float64)
+    lab_in, rr, cc, _ = labelled_pixels(labels)
     area = stats["area"].astype(np.float64)
     mr = np.bincount(lab_in, weights=rr, minlength=n + 1)[1:] / area
     mc = np.bincount(lab_in, weights=cc, minlength=n + 1)[1:] / area
