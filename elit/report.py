@@ -61,7 +61,7 @@ def member_gallery(result: str | Path, out: Path, iteration: int = 0, frames: li
     n_members = preds.shape[0]
     plt = _plt()
     size = 2.2
-    fig, axes = plt.subplots(n_members + 1, len(cols), figsize=(size * len(cols), size * (n_members + 1)), squeeze=False)
+    fig, axes = plt.subplots(n_members + 1, len(cols), figsize=(max(size * len(cols), 5.5), size * (n_members + 1)), squeeze=False)
     for j, f in enumerate(cols):
         axes[0, j].imshow(working[f], cmap="gray")
         axes[0, j].set_title(f"frame {f}", fontsize=9)
@@ -90,7 +90,7 @@ def _atoms_overlay(store, it: int, working: np.ndarray, frames: list[int], out: 
     atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working")
     mean = store.read_image(f"/iterations/iter_{it:03d}/predict/mean")
     plt = _plt()
-    fig, axes = plt.subplots(2, len(frames), figsize=(3.2 * len(frames), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(frames), figsize=(max(3.2 * len(frames), 5.5), 6.4), squeeze=False)
     for j, f in enumerate(frames):
         axes[0, j].imshow(working[f], cmap="gray")
         a = atoms.in_frame(f)
@@ -116,7 +116,7 @@ def _uncertainty(store, it: int, frames: list[int], out: Path) -> Path:
     names = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working").class_names
     plt = _plt()
     k = std.shape[1]
-    fig, axes = plt.subplots(k, len(frames), figsize=(3.2 * len(frames), 3.0 * k), squeeze=False)
+    fig, axes = plt.subplots(k, len(frames), figsize=(max(3.2 * len(frames), 5.5), 3.0 * k), squeeze=False)
     vmax = float(np.percentile(std, 99.9)) or 1.0
     for c in range(k):
         for j, f in enumerate(frames):
