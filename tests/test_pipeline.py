@@ -142,3 +142,21 @@ def test_select_by_hand_continues_the_run(tmp_path):
     assert result.iterations[0].members == [1]
     with pytest.raises(Exception, match="do not exist"):
         continue_with_members(path, [7])
+
+
+def test_report_and_gallery_figures(run, tmp_path):
+    from elit.report import member_gallery, write_report
+
+    path, _, _ = run
+    paths = write_report(path, tmp_path / "report", html=True)
+    names = {p.name for p in paths}
+    assert {"members_iter000.png", "atoms_last.png", "uncertainty_last.png", "detection.png", "report.html"} <= names
+    for p in paths:
+        assert p.stat().st_size > 1000
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<img ") == sum(1 for p in paths if p.suffix == ".png")
+    assert "Provenance" in html and "multi-swa" in html
+    png = member_gallery(path, tmp_path / "g.png", iteration=0, frames=[1])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="do not exist"):
+        member_gallery(path, tmp_path / "g.png", iteration=0, frames=[9])
