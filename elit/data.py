@@ -88,9 +88,10 @@ class AtomTable:
 
     def scaled(self, factor: float) -> AtomTable:
         """Return the table with positions multiplied by ``factor`` (pixel-size change)."""
+        from elit.scale import positions_to_working
+
         out = self.select(slice(None))
-        out.row = (self.row + 0.5) * factor - 0.5
-        out.col = (self.col + 0.5) * factor - 0.5
+        out.row, out.col = positions_to_working(self.row, self.col, factor)
         return out
 
     def to_columns(self) -> dict[str, np.ndarray]:

@@ -128,19 +128,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ provenance
     def _stage_info(self, kind: str, iteration: int, seed: int, used: list[str]) -> dict[str, Any]:
-        from elit import __version__
-
         if kind == PREDICT:
-            return {
-                "name": "ensemble-predict",
-                "plugin": "elit",
-                "package": "elit",
-                "plugin_version": __version__,
-                "stage_version": __version__,
-                "config": {"threshold": self.config.iterations.threshold},
-                "seed": seed,
-                "used": used,
-            }
+            return predict_step_info({"threshold": self.config.iterations.threshold}, used, seed)
         stage = self.stages[kind]
         entry = self.registry.stages.get((kind, stage.name))
         if entry is not None and entry.cls is type(stage):
@@ -421,9 +410,7 @@ class _Runner:
             st.add_ensemble(ens)
         return ens
 
-    def predict(self, it: int, ensemble, multiclass_names=None) -> _State:
-        from elit.atoms import locate_atoms
-
+    def predict(self, it: int, ensemble) -> _State:
         st_out = _State(ensemble=ensemble)
         if self.done(it, PREDICT) and self.done(it, "selector"):
             st_out.predictions = self.store.read_image(self.path(it, PREDICT, "member_probabilities"))
@@ -444,14 +431,7 @@ class _Runner:
         else:
             selection = self.p.stages["selector"].select(preds, self.frames, self.px)
         members = selection.members if it == 0 else list(range(len(ensemble)))
-        mean, std = ensemble.mean_std(preds, members)
-        atoms = locate_atoms(
-            mean,
-            threshold=self.cfg.iterations.threshold,
-            uncertainty=std,
-            member_probabilities=preds[members],
-            class_names=ensemble.class_names,
-        )
+        mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold)
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
         if not selector_done:
             with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
@@ -471,12 +451,7 @@ class _Runner:
                     st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
-            dims = ["member", "frame", "class", "y", "x"]
-            member_path = st.add_image("member_probabilities", preds, dims, "probability", "", self.px, used)
-            st.add_image("mean", mean, dims[1:], "probability", "", self.px, [member_path])
-            st.add_image("uncertainty", std, dims[1:], "probability std", "", self.px, [member_path])
-            st.add_table("atoms_working", atoms, [member_path])
-            st.add_table("atoms", atoms.scaled(1.0 / self.factor), [member_path])
+            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used)
         st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
         return st_out
 
@@ -579,6 +554,44 @@ class _Runner:
         if prev.n_atoms == 0:
             return False
         return abs(cur.n_atoms - prev.n_atoms) / prev.n_atoms < tol
+
+
+def predict_step_info(config: dict[str, Any], used: list[str], seed: int = 0) -> dict[str, Any]:
+    """Provenance of the pipeline's own prediction step (it is not a plugin stage)."""
+    from elit import __version__
+
+    return {
+        "name": "ensemble-predict",
+        "plugin": "elit",
+        "package": "elit",
+        "plugin_version": __version__,
+        "stage_version": __version__,
+        "config": config,
+        "seed": seed,
+        "used": used,
+    }
+
+
+def combine_members(ensemble, preds: np.ndarray, members: list[int] | None, threshold: float):
+    """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels)."""
+    from elit.atoms import locate_atoms
+
+    members = list(range(len(preds))) if members is None else members
+    mean, std = ensemble.mean_std(preds, members)
+    atoms = locate_atoms(
+        mean, threshold=threshold, uncertainty=std, member_probabilities=preds[members], class_names=ensemble.class_names
+    )
+    return mean, std, atoms
+
+
+def write_predictions(st, preds, mean, std, atoms: AtomTable, px: float, factor: float, used: list[str]) -> None:
+    """Store per-member maps, mean, uncertainty and the atoms (working and input pixels) in a stage."""
+    dims = ["member", "frame", "class", "y", "x"]
+    member_path = st.add_image("member_probabilities", preds, dims, "probability", "", px, used)
+    st.add_image("mean", mean, dims[1:], "probability", "", px, [member_path])
+    st.add_image("uncertainty", std, dims[1:], "probability std", "", px, [member_path])
+    st.add_table("atoms_working", atoms, [member_path])
+    st.add_table("atoms", atoms.scaled(1.0 / factor), [member_path])
 
 
 def _write_training_set(st, ts: TrainingSet, px: float, used: list[str]) -> None:

@@ -6,7 +6,6 @@ import csv
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from elit.data import AtomTable
 from elit.errors import StoreError
@@ -92,9 +91,8 @@ def predict_file(
     device: str | None = None,
 ) -> int:
     """Apply a run's trained ensemble to new data and write a prediction file; return the atom count."""
-    from elit.atoms import locate_atoms
     from elit.devices import resolve_device
-    from elit.pipeline import prepare_frames
+    from elit.pipeline import combine_members, predict_step_info, prepare_frames, write_predictions
     from elit.readers import read_image
     from elit.store import RunStore
 
@@ -103,34 +101,18 @@ def predict_file(
     working, input_px, factor = prepare_frames(image.frames, pixel_size or image.pixel_size, config.scale)
     dev = resolve_device(device or config.device)
     preds = ensemble.predict(working, device=dev, progress=True)
-    mean, std = ensemble.mean_std(preds)
-    atoms = locate_atoms(mean, threshold=config.iterations.threshold, uncertainty=std, member_probabilities=preds,
-                         class_names=ensemble.class_names)
+    mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold)
     store = RunStore.create(out, overwrite=overwrite)
     cfg = config.model_dump(mode="json")
     cfg["scale"]["input_pixel_size"] = input_px
     store.write_config(cfg)
     store.write_input("frames", image.frames, pixel_size=input_px, source=image.source, sha256=image.sha256, metadata=image.metadata)
-    from elit import __version__
-
-    info = {
-        "name": "ensemble-predict",
-        "plugin": "elit",
-        "package": "elit",
-        "plugin_version": __version__,
-        "stage_version": __version__,
-        "config": {"threshold": config.iterations.threshold, "model_file": str(result), "model_iteration": it},
-        "seed": 0,
-        "used": [f"{Path(result).name}:/iterations/iter_{it:03d}/trainer/ensemble", "/inputs/frames"],
-    }
-    px = config.scale.pixel_size
+    used = [f"{Path(result).name}:/iterations/iter_{it:03d}/trainer/ensemble", "/inputs/frames"]
+    info = predict_step_info(
+        {"threshold": config.iterations.threshold, "model_file": str(result), "model_iteration": it}, used
+    )
     with store.stage(0, "predict", info) as st:
-        dims = ["member", "frame", "class", "y", "x"]
-        mp = st.add_image("member_probabilities", preds, dims, "probability", "", px, info["used"])
-        st.add_image("mean", mean, dims[1:], "probability", "", px, [mp])
-        st.add_image("uncertainty", std, dims[1:], "probability std", "", px, [mp])
-        st.add_table("atoms_working", atoms, [mp])
-        st.add_table("atoms", atoms.scaled(1.0 / factor), [mp])
+        write_predictions(st, preds, mean, std, atoms, config.scale.pixel_size, factor, used)
     return len(atoms)
 
 
