@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/real_data.py ../shared/data/real/graphene/G-Si-2nm.hdf5 [more files] [--recipe graphene]
+    python bench/real_data.py path/to/G-Si-2nm.hdf5 [more files] [--recipe graphene]
         [--set key=value ...] [--out-dir bench/results/real]
 
 For each image: atoms found, the share of atoms (away from the image edge) with exactly three

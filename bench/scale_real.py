@@ -2,9 +2,9 @@
 
 Usage::
 
-    python bench/scale_real.py /work/shared/data/real/graphene/G-Si-2nm.hdf5:0.075 \
-        /work/shared/data/real/graphene/G-GrainBoundary-4nm.hdf5:0.078 \
-        /work/shared/data/real/graphene/LibraryNet_test-1.hdf5:0.08
+    python bench/scale_real.py path/to/G-Si-2nm.hdf5:0.075 \
+        path/to/G-GrainBoundary-4nm.hdf5:0.078 \
+        path/to/LibraryNet_test-1.hdf5:0.08
 
 Each argument is ``PATH[:NOMINAL_PIXEL_SIZE]``; HDF5 files are read at dataset
 ``image_data`` (``--dataset`` to change), ``.npy`` files directly.  Prints one

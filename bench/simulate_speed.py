@@ -3,7 +3,7 @@
 Usage::
 
     python bench/simulate_speed.py [--n 1000] [--simulator graphene] [--pixel-size 0.2]
-    python bench/simulate_speed.py --n 200 --real /work/shared/data/real/graphene/G-Si-2nm.hdf5 \
+    python bench/simulate_speed.py --n 200 --real path/to/G-Si-2nm.hdf5 \
         --real-pixel-size 0.0771 --figure docs/img/graphene_vs_real.png
 
 Prints one JSON line: seconds to simulate and to augment ``n`` pairs, per pair, the
