@@ -222,9 +222,12 @@ class DaskExecutor:
             extra = ()
             if shared is not _NO_SHARED:
                 extra = (client.submit(_identity, shared, pure=False, key=f"elit-shared-{os.urandom(4).hex()}"),)
+            threads = driver_threads()
             for index, item in pairs:
                 key = f"elit-{getattr(fn, '__name__', 'task')}-{index}-{os.urandom(4).hex()}"
-                fut = client.submit(fn, item, *extra, pure=False, retries=self.retries, resources=resources, key=key)
+                fut = client.submit(
+                    run_pinned, fn, threads, item, *extra, pure=False, retries=self.retries, resources=resources, key=key
+                )
                 index_of[fut.key] = index
                 futures.append(fut)
         except Exception as err:
@@ -277,6 +280,35 @@ class DaskExecutor:
 
 def _identity(x):
     return x
+
+
+def driver_threads() -> int:
+    """torch's intra-op thread count in this process (the count every task is pinned to)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def run_pinned(fn: Callable, threads: int, *args):
+    """Run ``fn(*args)`` with torch's intra-op threads set to ``threads`` (a worker-side task wrapper).
+
+    A float reduction split over another number of threads sums in another
+    order, so a member trained with 1 thread differs in its last bits from one
+    trained with 2, and the difference grows through training and the following
+    iterations.  Dask starts workers with ``OMP_NUM_THREADS=1``; pinning each
+    task to the driver's count makes a task's result bitwise equal to the same
+    call in the driver.  The worker's previous setting is restored afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(int(threads))
+    try:
+        return fn(*args)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _gpu_cluster(gpus: list[int], threads_per_worker: int):
