@@ -65,6 +65,17 @@ class IterationConfig(_Strict):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability threshold for locating atoms.")
 
 
+class ConditionsConfig(_Strict):
+    """Matching iteration 0's training data to the noise and blur measured on the frames (elit.conditions)."""
+
+    match: bool = Field(True, description="Measure the frames' shot noise and set the augmenter's Poisson noise to it (params set in the config win).")
+    match_width: bool = Field(True, description="Also scale the simulator's atom and probe widths to the measured atom peak width.")
+    dose_spread: float = Field(
+        1.5, ge=1.0, le=20.0, description="The augmenter's dose range spans the frames' measured doses widened by this factor each way."
+    )
+    min_distance_A: float = Field(1.0, gt=0.1, le=10.0, description="Smallest distance between atom columns (Angstrom) used to find atom peaks.")
+
+
 class DataConfig(_Strict):
     """Where the frames come from."""
 
@@ -97,6 +108,9 @@ class PipelineConfig(_Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where ensemble members train: locally or on a dask cluster.")
     scale: ScaleConfig = Field(default_factory=ScaleConfig, description="Pixel sizes.")
     iterations: IterationConfig = Field(default_factory=IterationConfig, description="The iteration plan.")
+    conditions: ConditionsConfig = Field(
+        default_factory=ConditionsConfig, description="Training data matched to the noise and peak width measured on the frames."
+    )
     simulator: StageSpec = Field(default_factory=lambda: StageSpec(name="graphene"), description="Makes iteration 0's training data.")
     augmenter: StageSpec | None = Field(
         default_factory=lambda: StageSpec(name="standard"), description="Augments the simulated training data (null: none)."

@@ -350,6 +350,52 @@ class _Runner:
         return f"/iterations/iter_{iteration:03d}/{kind}/{name}"
 
     # -- steps
+    def match_conditions(self) -> None:
+        """Measure the frames' noise and atom peak width; give the simulator and augmenter matching settings.
+
+        Settings the config gives explicitly are kept.  The measurement, the
+        calibration notes and the settings applied are stored as iteration 0's
+        ``conditions`` step (see :mod:`elit.conditions`).
+        """
+        cfg = self.cfg.conditions
+        it = 0
+        if not cfg.match or self.done(it, "trainer"):
+            return
+        if self.done(it, "conditions"):
+            record = self.store.read_json(self.path(it, "conditions", "conditions"))
+        else:
+            from elit.conditions import estimate_conditions, match_stages
+
+            seed = self.seed(it, "simulator")
+            cond = estimate_conditions(self.frames, self.px, self.factor, cfg.min_distance_A)
+            sim_params, aug_params, notes = match_stages(
+                cond, self.p.stages["simulator"], self.px, np.random.default_rng([seed, 0xC0D1]),
+                min_distance_A=cfg.min_distance_A, match_width=cfg.match_width, dose_spread=cfg.dose_spread,
+            )
+            kept = {}
+            for kind, params in (("simulator", sim_params), ("augmenter", aug_params)):
+                spec = getattr(self.cfg, kind)
+                given = set(spec.params) if spec is not None else set()
+                kept[kind] = {k: v for k, v in params.items() if k not in given and kind in self.p.stages}
+                if given & set(params):
+                    notes.append(f"{kind} settings {sorted(given & set(params))} come from the config and were kept")
+            record = {
+                "measured": cond.as_dict(),
+                "simulator_params": kept["simulator"],
+                "augmenter_params": kept["augmenter"],
+                "notes": cond.notes + notes,
+            }
+            info = own_step_info("estimate-conditions", cfg.model_dump(mode="json"), [self.input_path], seed)
+            with self.store.stage(it, "conditions", info) as st:
+                st.add_json("conditions", record)
+            for line in notes:
+                log.info("%s", line)
+        for kind in ("simulator", "augmenter"):
+            extra = record.get(f"{kind}_params") or {}
+            if extra and kind in self.p.stages:
+                stage = self.p.stages[kind]
+                self.p.stages[kind] = type(stage)(**{**stage.get_params(), **extra})
+
     def simulate(self) -> TrainingSet | None:
         it = 0
         if self.done(it, "trainer"):
@@ -502,6 +548,7 @@ class _Runner:
 
     def run(self) -> RunResult:
         t0 = time.perf_counter()
+        self.match_conditions()
         ts = self.simulate()
         last_ts_path = self.path(0, "augmenter" if self._has("augmenter") else "simulator", "images")
         ens = self.train(0, ts, None, [last_ts_path])
@@ -558,10 +605,15 @@ class _Runner:
 
 def predict_step_info(config: dict[str, Any], used: list[str], seed: int = 0) -> dict[str, Any]:
     """Provenance of the pipeline's own prediction step (it is not a plugin stage)."""
+    return own_step_info("ensemble-predict", config, used, seed)
+
+
+def own_step_info(name: str, config: dict[str, Any], used: list[str], seed: int = 0) -> dict[str, Any]:
+    """Provenance of a step that elit itself runs (not a plugin stage)."""
     from elit import __version__
 
     return {
-        "name": "ensemble-predict",
+        "name": name,
         "plugin": "elit",
         "package": "elit",
         "plugin_version": __version__,

@@ -69,7 +69,7 @@ def test_runs_every_iteration(run):
 def test_file_holds_every_stage_with_provenance(run):
     path, _, _ = run
     expected = {
-        0: {"simulator", "augmenter", "trainer", "selector", "predict"},
+        0: {"conditions", "simulator", "augmenter", "trainer", "selector", "predict"},
         1: {"refiner", "trainer", "selector", "predict"},
         2: {"classifier", "refiner", "trainer", "selector", "predict"},
     }
@@ -85,6 +85,24 @@ def test_file_holds_every_stage_with_provenance(run):
                 assert bool(attrs["complete"])
         assert f["iterations/iter_001/refiner"].attrs["plugin"] == "python"
         assert f["iterations/iter_000/simulator"].attrs["plugin"] == "builtins"
+        assert f["iterations/iter_000/conditions"].attrs["name"] == "estimate-conditions"
+
+
+def test_conditions_are_measured_and_applied(run):
+    """The frames' noise is measured and the augmenter's shot noise is set to it, with provenance."""
+    import json
+
+    path, _, _ = run
+    with h5py.File(path, "r") as f:
+        raw = f["iterations/iter_000/conditions/conditions"][()]
+        record = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        augmenter = json.loads(f["iterations/iter_000/augmenter"].attrs["config"])
+    measured = record["measured"]
+    assert measured["dose"] > 0 and len(measured["frames"]) == 2
+    assert augmenter["poisson_probability"] == 1.0
+    low, high = augmenter["dose_range"]
+    assert low <= measured["dose"] * 10 and high >= measured["dose"] / 10
+    assert tuple(record["augmenter_params"]["dose_range"]) == (low, high)
 
 
 def test_seeds_are_derived_per_stage(run):

@@ -17,6 +17,9 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
+from typing import Literal
+
+from elit.conditions import atom_contrast, shot_noise
 from elit.data import AtomTable, TrainingSet
 from elit.scale import normalize, resample
 from elit.stages import Augmenter
@@ -75,6 +78,11 @@ class StandardAugmenter(Augmenter):
         dose_range: DosePair = Field(
             (10.0, 1000.0), description="Counts per unit of normalised intensity for the Poisson noise (drawn log-uniformly)."
         )
+        dose_reference: Literal["range", "atoms"] = Field(
+            "range",
+            description="What one unit of dose_range counts: the image's normalised range, or its typical atom's "
+            "level above the background (the same atom signal-to-noise whatever else the image holds).",
+        )
         poisson_background_range: NonNegativePair = Field(
             (0.2, 2.0), description="Background level (in normalised intensity) added before the Poisson noise, so empty areas are noisy too."
         )
@@ -99,7 +107,7 @@ class StandardAugmenter(Augmenter):
             if moved is not None:
                 moved.frame = np.full(len(moved), out_index)
                 tables.append(moved)
-        images = self._intensity(rng, images)
+        images = self._intensity(rng, images, labels)
         atoms_out = None
         if training_set.atoms is not None:
             atoms_out = AtomTable.concatenate(tables, class_names=training_set.atoms.class_names)
@@ -182,7 +190,7 @@ class StandardAugmenter(Augmenter):
         return out
 
     # ------------------------------------------------------------------ batch intensity (image only)
-    def _intensity(self, rng, images):
+    def _intensity(self, rng, images, labels):
         cfg = self.config
         n, height, width = images.shape
         x = normalize(images)
@@ -200,8 +208,8 @@ class StandardAugmenter(Augmenter):
             if rng.random() < cfg.poisson_probability:
                 dose = _log_uniform(rng, cfg.dose_range)
                 level = _uniform(rng, cfg.poisson_background_range)
-                lam = np.clip(x[i] + np.float32(level), 0, None) * np.float32(dose)
-                x[i] = rng.poisson(lam).astype(np.float32) / np.float32(dose)
+                contrast = atom_contrast(x[i], labels[i]) if cfg.dose_reference == "atoms" else 1.0
+                x[i] = shot_noise(x[i], dose, level, rng, contrast).astype(np.float32)
             if rng.random() < cfg.gaussian_probability:
                 sigma = _uniform(rng, cfg.gaussian_range)
                 span = float(x[i].max() - x[i].min()) or 1.0
