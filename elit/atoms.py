@@ -83,7 +83,9 @@ def refine_gaussian(
     weighted by the squared values (which favours the peak), in a
     ``(2 * half_width + 1)``-pixel window around the nearest pixel of each
     start position.  All atoms are solved at once.  A fit that is not a peak
-    (flat top, saddle) or moves further than the window keeps the start value.
+    (flat top, saddle), moves further than the window or leaves the image
+    keeps the start value.  For positions on the raw frame use
+    :func:`elit.localize.fit_gaussians`.
 
     Parameters
     ----------
@@ -136,6 +138,8 @@ def refine_gaussian(
         dr_fit = -b / (2 * d)
         dc_fit = -c / (2 * e)
     good = (d < -1e-6) & (e < -1e-6) & (np.abs(dr_fit) <= hw) & (np.abs(dc_fit) <= hw)
+    # a peak cut by the image edge can extrapolate outside it: keep the start there
+    good &= (r0 + dr_fit >= 0) & (r0 + dr_fit <= h - 1) & (c0 + dc_fit >= 0) & (c0 + dc_fit <= w - 1)
     out_r = np.where(good, r0 + dr_fit, row)
     out_c = np.where(good, c0 + dc_fit, col)
     return out_r, out_c

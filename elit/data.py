@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ATOM_COLUMNS = ("frame", "row", "col", "class_index", "probability", "uncertainty")
+OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity")
+"""Float columns an :class:`AtomTable` may carry (None when absent)."""
 
 
 @dataclass
@@ -33,6 +35,15 @@ class AtomTable:
         Ensemble standard deviation at the atom (0 for a single member).
     class_names : tuple of str
         Names of the classes.
+    row_network, col_network : ndarray or None
+        The network's position when ``row``, ``col`` were refined on the raw
+        frame (:mod:`elit.localize`); None when they are the network's.
+    class_probability : ndarray or None
+        Probability of the assigned class (from a classifier's mixture model).
+    fit_residual : ndarray or None
+        Relative RMS residual of the position fit (NaN where the fit failed).
+    intensity : ndarray or None
+        Integrated intensity of the atom on the raw frame.
     """
 
     frame: np.ndarray
@@ -42,6 +53,11 @@ class AtomTable:
     probability: np.ndarray
     uncertainty: np.ndarray
     class_names: tuple[str, ...] = ("atom",)
+    row_network: np.ndarray | None = None
+    col_network: np.ndarray | None = None
+    class_probability: np.ndarray | None = None
+    fit_residual: np.ndarray | None = None
+    intensity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frame = np.asarray(self.frame, dtype=np.int64).reshape(-1)
@@ -51,10 +67,17 @@ class AtomTable:
         self.probability = np.asarray(self.probability, dtype=np.float64).reshape(-1)
         self.uncertainty = np.asarray(self.uncertainty, dtype=np.float64).reshape(-1)
         self.class_names = tuple(str(c) for c in self.class_names)
+        for name in OPTIONAL_COLUMNS:
+            if getattr(self, name) is not None:
+                setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
         n = len(self.frame)
-        for name in ATOM_COLUMNS:
+        for name in self.column_names():
             if len(getattr(self, name)) != n:
                 raise ValueError(f"AtomTable column {name!r} has {len(getattr(self, name))} rows, expected {n}")
+
+    def column_names(self) -> tuple[str, ...]:
+        """The columns present: :data:`ATOM_COLUMNS`, then the optional ones that are set."""
+        return ATOM_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if getattr(self, c) is not None)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -72,11 +95,16 @@ class AtomTable:
             return cls.empty(class_names or ("atom",))
         names = tuple(class_names) if class_names is not None else tables[0].class_names
         cols = {c: np.concatenate([getattr(t, c) for t in tables]) for c in ATOM_COLUMNS}
+        for c in OPTIONAL_COLUMNS:  # an optional column some tables lack is NaN there
+            if any(getattr(t, c) is not None for t in tables):
+                cols[c] = np.concatenate(
+                    [getattr(t, c) if getattr(t, c) is not None else np.full(len(t), np.nan) for t in tables]
+                )
         return cls(**cols, class_names=names)
 
     def select(self, index) -> AtomTable:
         """Return the rows picked by a boolean mask or an index array."""
-        return AtomTable(**{c: getattr(self, c)[index] for c in ATOM_COLUMNS}, class_names=self.class_names)
+        return AtomTable(**{c: getattr(self, c)[index] for c in self.column_names()}, class_names=self.class_names)
 
     def in_frame(self, frame: int) -> AtomTable:
         """Return the atoms of one frame."""
@@ -92,11 +120,13 @@ class AtomTable:
 
         out = self.select(slice(None))
         out.row, out.col = positions_to_working(self.row, self.col, factor)
+        if self.row_network is not None and self.col_network is not None:
+            out.row_network, out.col_network = positions_to_working(self.row_network, self.col_network, factor)
         return out
 
     def to_columns(self) -> dict[str, np.ndarray]:
-        """Return the columns as a dict of arrays."""
-        return {c: getattr(self, c) for c in ATOM_COLUMNS}
+        """Return the columns present (:meth:`column_names`) as a dict of arrays."""
+        return {c: getattr(self, c) for c in self.column_names()}
 
 
 @dataclass

@@ -267,11 +267,6 @@ def test_locate_atoms_invariants(case, min_area):
     assert atoms.class_names == names
 
 
-@pytest.mark.xfail(
-    reason="known: refine=True puts the fitted peak of a blob cut by the image edge outside the image "
-    "(e.g. row -1.5); the default refine=False stays inside (see docs/reliability.md)",
-    strict=False,
-)
 @settings(max_examples=60, **SETTINGS)
 @given(probability_maps())
 def test_locate_atoms_refined_positions_stay_in_the_image(case):

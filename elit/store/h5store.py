@@ -19,10 +19,12 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-from elit.data import ATOM_COLUMNS, AtomTable
+from elit.data import ATOM_COLUMNS, OPTIONAL_COLUMNS, AtomTable
 from elit.errors import StoreError
 from elit.store import layout as L
+from elit.store import parts as P
 from elit.store.commit import _fsync_path, atomic_update, remove_stale_tmp
+from elit.store.precision import QUANTIZATION_ATTR, dequantize
 
 FLUSH_ABOVE_BYTES = 256 << 20
 """A stage commits its buffered datasets early (still incomplete) once they exceed this size."""
@@ -111,6 +113,20 @@ def _write_arrays(
             group.create_dataset(key, data=arr)
 
 
+def _place(f: h5py.File, run_path: Path, path: str, nbytes: int, fill: Callable[[h5py.Group, str], Any]) -> None:
+    """Create the object at ``path`` with ``fill(parent, name)``: in a part file when large, else in ``f``."""
+    if nbytes > P.PART_ABOVE_BYTES:
+        P.write_part(f, run_path, path, fill)
+    else:
+        parent, name = path.rsplit("/", 1)
+        fill(f[parent or "/"], name)
+
+
+def _large(arr: np.ndarray, shuffle: bool = True) -> dict:
+    """create_dataset keywords of a dataset: chunked and compressed when it is large."""
+    return P.chunked(arr.shape, arr.dtype.itemsize, shuffle) if arr.nbytes > P.PART_ABOVE_BYTES else {}
+
+
 def _read_arrays(group: h5py.Group) -> tuple[dict, dict[str, np.ndarray]]:
     spec = L.from_json(group.attrs.get("spec", "{}"))
     keys = L.from_json(group.attrs["keys"]) if "keys" in group.attrs else None
@@ -178,8 +194,12 @@ class RunStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> RunStore:
-        """Create a new, empty run file (refused if ``path`` exists, unless ``overwrite``)."""
+    def create(cls, path: str | Path, overwrite: bool = False, parts: str | None = None) -> RunStore:
+        """Create a new, empty run file (refused if ``path`` exists, unless ``overwrite``).
+
+        ``parts`` names the folder of its large datasets (default ``<file name>.parts``,
+        see :mod:`elit.store.parts`).
+        """
         from elit import __version__
 
         path = Path(path)
@@ -194,6 +214,7 @@ class RunStore:
             f.attrs["format_version"] = L.FORMAT_VERSION
             f.attrs["elit_version"] = __version__
             f.attrs["created"] = L.now_iso()
+            f.attrs[P.PARTS_ATTR] = parts or path.name + ".parts"
             f.create_group("inputs")
             f.create_group("iterations")
         return cls(path, "a", _TOKEN)
@@ -215,7 +236,7 @@ class RunStore:
         if path.exists() and not overwrite:
             raise StoreError(f"{path} already exists; choose another name or allow overwriting")
         side = path.with_name(path.name + ".partial")
-        store = cls.create(side, overwrite=True)
+        store = cls.create(side, overwrite=True, parts=path.name + ".parts")
         try:
             yield store
             _fsync_path(side)
@@ -224,6 +245,12 @@ class RunStore:
         except BaseException:
             remove_stale_tmp(side)
             side.unlink(missing_ok=True)
+            if path.exists():
+                P.sweep(path)  # the parts the failed build wrote; the old file keeps its own
+            else:
+                import shutil
+
+                shutil.rmtree(path.with_name(path.name + ".parts"), ignore_errors=True)
             raise
 
     @classmethod
@@ -239,6 +266,7 @@ class RunStore:
         check_run_file(path)
         if mode == "a":
             remove_stale_tmp(path)
+            P.sweep(path)  # parts a crashed commit or a redone stage left unlinked
         return cls(path, mode, _TOKEN)
 
     @property
@@ -422,19 +450,23 @@ class RunStore:
             raise StoreError(f"{self._path} already holds input {name!r}")
         arr = np.array(arr, copy=True)
 
-        def change(f: h5py.File) -> None:
+        def fill(parent: h5py.Group, _name: str) -> None:
             from elit.store.nsid import write_image
 
             dims = ["frame", "row", "col"] if arr.ndim == 3 else ["row", "col"]
             ds = write_image(
-                f.require_group("inputs"), name, arr, dims, "intensity", "a.u.", px,
-                "IMAGE_STACK" if arr.ndim == 3 else "IMAGE",
+                parent, name, arr, dims, "intensity", "a.u.", px, "IMAGE_STACK" if arr.ndim == 3 else "IMAGE",
+                **_large(arr),
             )
             ds.attrs["source"] = source or ""
             ds.attrs["sha256"] = sha256 or ""
             ds.attrs["pixel_size"] = np.nan if px is None else px
             ds.attrs["elit_metadata"] = meta_json
             _write_provenance(ds, "", [])
+
+        def change(f: h5py.File) -> None:
+            f.require_group("inputs")
+            _place(f, self._path, f"{L.INPUTS}/{name}", arr.nbytes, fill)
 
         self._commit(change)
         return path
@@ -503,6 +535,7 @@ class RunStore:
             del f[path]
 
         self._commit(change)
+        P.sweep(self._path)
 
     def discard_from(self, iteration: int, kind: str) -> list[str]:
         """Delete a stage, the stages of its iteration started after it, every later iteration and ``/summary``.
@@ -534,6 +567,7 @@ class RunStore:
                 del f[ig.name]
 
         self._commit(change)
+        P.sweep(self._path)
         return sorted(set(doomed), key=lambda p: (p != start_path, p))
 
     def iterations(self) -> list[int]:
@@ -578,15 +612,23 @@ class RunStore:
             raise StoreError(f"{self._path}: {path} is not {what}")
         return obj
 
-    def read_image(self, path: str) -> np.ndarray:
-        """Return an image dataset (its NSID group's path works too) as stored."""
+    def read_image(self, path: str, raw: bool = False) -> np.ndarray:
+        """Return an image dataset (its NSID group's path works too).
+
+        A map stored quantized (attribute ``quantization``, see
+        :mod:`elit.store.precision`) comes back as float32 probabilities, unless
+        ``raw``, which returns the stored values.
+        """
         with self._read() as f:
             obj = self._get(f, path)
             if isinstance(obj, h5py.Group):
                 obj = obj.get(path.rstrip("/").rsplit("/", 1)[-1])
                 if not isinstance(obj, h5py.Dataset):
                     raise StoreError(f"{self._path}: {path} is a group without an image dataset")
-            return obj[()]
+            data = obj[()]
+            if not raw and L.attr_str(obj.attrs.get(QUANTIZATION_ATTR, "")):
+                data = dequantize(data)
+            return data
 
     def read_array(self, path: str) -> np.ndarray:
         """Return a plain dataset."""
@@ -608,7 +650,7 @@ class RunStore:
             missing = [c for c in ATOM_COLUMNS if c not in g]
             if missing:
                 raise StoreError(f"{self._path}: {path} is not an atom table (missing {', '.join(missing)})")
-            cols = {c: g[c][()] for c in ATOM_COLUMNS}
+            cols = {c: g[c][()] for c in ATOM_COLUMNS + OPTIONAL_COLUMNS if c in g}
             names = tuple(L.attr_str_list(g.attrs.get("class_names"))) or ("atom",)
         return AtomTable(**cols, class_names=names)
 
@@ -1071,7 +1113,7 @@ class StageWriter:
         def op(f: h5py.File) -> None:
             g = f.create_group(path)
             g.attrs["format"] = "elit-atom-table"
-            g.attrs["columns"] = _string_array(ATOM_COLUMNS)
+            g.attrs["columns"] = _string_array(list(cols))
             g.attrs["class_names"] = _string_array(class_names)
             g.attrs["n_rows"] = len(cols["frame"])
             for c, v in cols.items():
