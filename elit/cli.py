@@ -85,6 +85,36 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from elit.readers import choose_signal, list_signals
+
+    path, cls, signals = list_signals(args.file)
+    try:
+        chosen, why = choose_signal(signals, args.signal, str(path))
+    except ElitError as err:
+        if args.signal is not None:
+            raise
+        chosen, why = None, str(err)
+    if args.json:
+        print(json.dumps({"file": str(path), "reader": cls.name, "signals": [s.summary() for s in signals],
+                          "chosen": None if chosen is None else chosen.index, "why": why}, indent=2))
+        return 0 if chosen is not None else 2
+    print(f"{path}: {len(signals)} signal(s), read by {cls.name} ({cls.description})")
+    rows = [("#", "NAME", "SHAPE", "DTYPE", "PIXEL SIZE", "CALIBRATION", "")]
+    for sig in signals:
+        rows.append((str(sig.index), sig.label(), "x".join(map(str, sig.shape)) or "scalar", sig.dtype,
+                     f"{sig.pixel_size:.4g} Å" if sig.pixel_size else "unknown", sig.calibration or "-",
+                     "<- chosen" if sig is chosen else (sig.problem or "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6])
+    if chosen is None:
+        raise ElitError(f"elit cannot analyse {path.name}: " + (why.split(": ", 1)[-1] if len(signals) == 1 else
+                                                                  "no signal is an image it can read (see the table)"))
+    print(f"elit reads #{chosen.index} {chosen.label()!r}: {why}")
+    return 0
+
+
 def _check_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ElitError(f"{path} exists; pass --overwrite to replace it")
@@ -131,6 +161,8 @@ def cmd_run(args) -> int:
     overrides = list(args.set) + _executor_overrides(args)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
+    if args.signal is not None:
+        overrides.append(f"data.signal={json.dumps(args.signal)}")
     if args.pixel_size:
         overrides.append(f"scale.input_pixel_size={args.pixel_size}")
     if args.device:
@@ -182,7 +214,7 @@ def cmd_atoms(args) -> int:
 
     out = Path(args.out)
     _check_output(out, args.overwrite)
-    n = export_atoms_csv(args.result, out, iteration=args.iteration)
+    n = export_atoms_csv(args.result, out, iteration=args.iteration, positions=args.positions)
     print(f"wrote {n} atoms to {out}")
     return 0
 
@@ -192,7 +224,8 @@ def cmd_predict(args) -> int:
 
     out = Path(args.out)
     _check_output(out, args.overwrite)
-    n = predict_file(args.result, args.data, out, iteration=args.iteration, pixel_size=args.pixel_size,
+    data = f"{args.data}:{args.signal}" if args.signal is not None else args.data  # FILE:SIGNAL
+    n = predict_file(args.result, data, out, iteration=args.iteration, pixel_size=args.pixel_size,
                      overwrite=args.overwrite, device=args.device)
     print(f"wrote predictions and {n} atoms to {out}")
     return 0
@@ -239,7 +272,8 @@ def cmd_watch(args) -> int:
     watch(args.result, args.folder, pattern=args.pattern, out=args.out, poll=args.poll, max_frames=args.max_frames,
           timeout=args.timeout, stop_when_idle=args.idle, iteration=args.iteration, device=args.device,
           pixel_size=args.pixel_size, k=args.k, min_score=args.min_score, tolerance=args.tolerance,
-          score_size=args.score_size, overwrite=args.overwrite, skip_existing=args.skip_existing, figure=args.figure)
+          score_size=args.score_size, overwrite=args.overwrite, skip_existing=args.skip_existing, figure=args.figure,
+          signal=args.signal)
     return 0
 
 
@@ -267,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage", help="print one stage's schema, as KIND:NAME")
     s.set_defaults(func=cmd_schema)
 
+    s = sub.add_parser("info", help="list the signals of an image file (name, shape, dtype, pixel size) and the one elit reads")
+    s.add_argument("file", help="image file in any supported format (see docs/user-guide.md)")
+    s.add_argument("--signal", metavar="NAME_OR_INDEX", help="check that this signal can be read")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
+
     s = sub.add_parser("inspect", help="print a result file's iterations and stages with their provenance")
     s.add_argument("file")
     s.add_argument("-v", "--verbose", action="store_true", help="list every dataset and attribute")
@@ -275,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the ELIT loop from a config file or recipe")
     s.add_argument("config", nargs="?", help="YAML config (starts from --recipe when given)")
     s.add_argument("--recipe", help="a shipped recipe: graphene, perovskite")
-    s.add_argument("--data", help="input image or stack (.npy, .tif, .png, .h5[:/path], .hspy, .dm3/.dm4)")
+    s.add_argument("--data", help="input image or stack, any format `elit info` reads (.emd, .ser, .mrc, .dm3/.dm4, .tif, .hspy, .zspy, .h5, .npy, .png)")
+    s.add_argument("--signal", metavar="NAME_OR_INDEX", help="signal of a file holding several (default: the HAADF/ADF image; see `elit info`)")
     s.add_argument("--out", default="elit-run.h5", help="result HDF5 file (default: elit-run.h5)")
     s.add_argument("--pixel-size", type=float, help="input pixel size in Angstrom/px (default: metadata or estimate)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where networks run")
@@ -297,11 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iteration", default="last", help="iteration number or 'last'")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--positions", choices=("refined", "network"), default="refined",
+                   help="x,y: positions refined on the raw frame (default; network's where not refined) or the network's")
     s.set_defaults(func=cmd_atoms)
 
     s = sub.add_parser("predict", help="apply a trained ensemble to new data without retraining")
     s.add_argument("result")
     s.add_argument("data")
+    s.add_argument("--signal", metavar="NAME_OR_INDEX", help="signal of a file holding several (default: the HAADF/ADF image)")
     s.add_argument("--out", required=True)
     s.add_argument("--iteration", default="last")
     s.add_argument("--pixel-size", type=float)
@@ -331,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("result", help="finished run file whose trained ensemble is used")
     s.add_argument("folder", help="folder the microscope writes into")
     s.add_argument("--pattern", default="*.tif", help="shell pattern of the files to analyse (default: *.tif)")
+    s.add_argument("--signal", metavar="NAME_OR_INDEX", help="signal of files holding several (default: the HAADF/ADF image)")
     s.add_argument("--out", help="live HDF5 file, readable while it grows (default: FOLDER/elit-live-DATE-TIME.h5)")
     s.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the folder (default: 0.5)")
     s.add_argument("--max-frames", type=int, help="stop after this many frames")

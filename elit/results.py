@@ -6,14 +6,26 @@ import csv
 import logging
 from pathlib import Path
 
+import numpy as np
 
 from elit.data import AtomTable
 from elit.errors import StoreError
 
 log = logging.getLogger("elit")
 
-CSV_COLUMNS = ("frame", "x", "y", "class", "probability", "uncertainty", "class_name")
-"""Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels."""
+CSV_COLUMNS = (
+    "frame", "x", "y", "class", "probability", "uncertainty", "class_name",
+    "x_network", "y_network", "position", "class_probability",
+)
+"""Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels.
+
+``x, y`` are the refined positions (a Gaussian fit on the raw frame, :mod:`elit.localize`)
+by default; ``x_network, y_network`` the network's; ``position`` says per atom which of them
+``x, y`` are (``refined``, or ``network`` where there was no fit or it failed).
+``class_probability`` is the classifier's probability of the class (empty when unknown).
+"""
+
+POSITIONS = ("refined", "network")
 
 
 def resolve_iteration(store, iteration: int | str = "last") -> int:
@@ -41,10 +53,27 @@ def read_atoms(result: str | Path, iteration: int | str = "last") -> AtomTable:
     return store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
 
 
-def write_atoms_csv(atoms: AtomTable, out: str | Path) -> int:
-    """Write an atom table as CSV with :data:`CSV_COLUMNS`; return the number of rows."""
+def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str = "refined") -> int:
+    """Write an atom table as CSV with :data:`CSV_COLUMNS`; return the number of rows.
+
+    ``positions="network"`` writes the network's positions as ``x, y`` even where refined ones exist.
+    """
+    if positions not in POSITIONS:
+        raise StoreError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
+    has_net = atoms.row_network is not None and atoms.col_network is not None
+    net_r = atoms.row_network if has_net else atoms.row
+    net_c = atoms.col_network if has_net else atoms.col
+    refined = np.zeros(len(atoms), dtype=bool)
+    if has_net:
+        fitted = np.isfinite(atoms.fit_residual) if atoms.fit_residual is not None else np.ones(len(atoms), bool)
+        refined = fitted & ((atoms.row != net_r) | (atoms.col != net_c))
+    if positions == "network":
+        rows, cols, refined = net_r, net_c, np.zeros(len(atoms), dtype=bool)
+    else:
+        rows, cols = atoms.row, atoms.col
+    cprob = atoms.class_probability
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
@@ -53,21 +82,26 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path) -> int:
             w.writerow(
                 [
                     int(atoms.frame[i]),
-                    f"{atoms.col[i]:.3f}",
-                    f"{atoms.row[i]:.3f}",
+                    f"{cols[i]:.3f}",
+                    f"{rows[i]:.3f}",
                     k,
                     f"{atoms.probability[i]:.4f}",
                     f"{atoms.uncertainty[i]:.4f}",
                     atoms.class_names[k] if k < len(atoms.class_names) else str(k),
+                    f"{net_c[i]:.3f}",
+                    f"{net_r[i]:.3f}",
+                    "refined" if refined[i] else "network",
+                    f"{cprob[i]:.4f}" if cprob is not None and np.isfinite(cprob[i]) else "",
                 ]
             )
     tmp.replace(out)
     return len(atoms)
 
 
-def export_atoms_csv(result: str | Path, out: str | Path, iteration: int | str = "last") -> int:
+def export_atoms_csv(result: str | Path, out: str | Path, iteration: int | str = "last",
+                     positions: str = "refined") -> int:
     """Write the atoms of one iteration of a run file as CSV; return the number of atoms."""
-    return write_atoms_csv(read_atoms(result, iteration), out)
+    return write_atoms_csv(read_atoms(result, iteration), out, positions=positions)
 
 
 def load_ensemble(result: str | Path, iteration: int | str = "last"):

@@ -1,4 +1,4 @@
-"""Tests for elit.atoms.locate_atoms."""
+"""Tests for elit.atoms.locate_atoms, the AtomTable's optional columns and the atoms CSV."""
 
 import numpy as np
 import pytest
@@ -129,3 +129,60 @@ def test_bad_inputs_raise_input_error():
         locate_atoms(np.zeros((1, 16, 16)), uncertainty=np.zeros((1, 8, 8)))
     with pytest.raises(InputError):
         locate_atoms(np.zeros((1, 16, 16)), threshold=0.0)
+
+
+# ----------------------------------------------------------------------------- optional columns, CSV
+
+
+def _refined_table():
+    from elit.data import AtomTable
+
+    return AtomTable([0, 0, 1], [1.5, 2.0, 3.0], [4.0, 5.0, 6.0], [0, 1, 0], [0.9, 0.8, 0.7], [0.1, 0.2, 0.3],
+                     class_names=("C", "Si"), row_network=[1.0, 2.0, 3.5], col_network=[4.5, 5.0, 6.5],
+                     class_probability=[0.99, 0.7, np.nan], fit_residual=[0.1, np.nan, 0.2])
+
+
+def test_optional_columns_follow_select_concatenate_and_scaling():
+    from elit.data import AtomTable
+
+    t = _refined_table()
+    assert t.column_names()[-4:] == ("row_network", "col_network", "class_probability", "fit_residual")
+    assert np.allclose(t.select([2]).row_network, [3.5])
+    plain = AtomTable([2], [1.0], [1.0], [0], [1.0], [0.0], class_names=("C", "Si"))
+    both = AtomTable.concatenate([t, plain])
+    assert len(both.row_network) == 4 and np.isnan(both.row_network[-1]) and both.intensity is None
+    s = t.scaled(2.0)
+    assert np.allclose(s.row_network, (t.row_network + 0.5) * 2 - 0.5)
+    with pytest.raises(ValueError, match="row_network"):
+        AtomTable([0], [1.0], [1.0], [0], [1.0], [0.0], row_network=[1.0, 2.0])
+
+
+def test_optional_columns_round_trip_through_a_run_file(tmp_path):
+    from elit.store import RunStore
+
+    t = _refined_table()
+    store = RunStore.create(tmp_path / "run.h5")
+    info = {"name": "x", "plugin": "builtins", "package": "elit", "plugin_version": "0", "stage_version": "1",
+            "config": {}, "seed": 0, "used": []}
+    with store.stage(0, "predict", info) as st:
+        st.add_table("atoms", t)
+    back = RunStore.open(tmp_path / "run.h5").read_table("/iterations/iter_000/predict/atoms")
+    assert np.allclose(back.row_network, t.row_network) and np.allclose(back.fit_residual, t.fit_residual, equal_nan=True)
+    assert back.intensity is None
+
+
+def test_csv_says_which_positions_x_y_are(tmp_path):
+    import csv
+
+    from elit.results import CSV_COLUMNS, write_atoms_csv
+
+    t = _refined_table()
+    write_atoms_csv(t, tmp_path / "a.csv")
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[:7] == ("frame", "x", "y", "class", "probability",
+                                                                "uncertainty", "class_name")
+    assert [r["position"] for r in rows] == ["refined", "network", "refined"]  # atom 1's fit failed
+    assert float(rows[0]["y"]) == 1.5 and float(rows[0]["y_network"]) == 1.0 and rows[2]["class_probability"] == ""
+    write_atoms_csv(t, tmp_path / "n.csv", positions="network")
+    rows = list(csv.DictReader(open(tmp_path / "n.csv")))
+    assert float(rows[0]["y"]) == 1.0 and {r["position"] for r in rows} == {"network"}
