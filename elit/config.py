@@ -79,7 +79,8 @@ class ConditionsConfig(_Strict):
 class DataConfig(_Strict):
     """Where the frames come from."""
 
-    path: str | None = Field(None, description="Image file (.npy, .tif, .png, .h5[:/dataset], .hspy, .dm3/.dm4); the CLI's --data overrides it.")
+    path: str | None = Field(None, description="Image file in any format `elit info` reads (.emd, .ser/.emi, .mrc, .dm3/.dm4, .tif, .hspy, .zspy, .h5, .npy, .png…); the CLI's --data overrides it.")
+    signal: str | None = Field(None, description="Which signal of a file holding several (name or index, as `elit info` lists them); None: the HAADF/ADF image. The CLI's --signal overrides it.")
     nan_policy: Literal["refuse", "fill"] = Field("refuse", description="What to do with NaN/Inf pixels: refuse the input or fill them with the median.")
 
 

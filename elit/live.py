@@ -1026,6 +1026,7 @@ def watch_folder(
     stop_event: threading.Event | None = None,
     on_result: Callable[[LiveResult], Any] | None = None,
     figure=None,
+    signal: str | None = None,
 ) -> int:
     """Watch ``folder`` with a ready :class:`LiveAnalyzer`; see :func:`watch` for the parameters.
 
@@ -1059,7 +1060,7 @@ def watch_folder(
             files = scanner.ready()
             for path in files:
                 try:
-                    image = read_image(path)
+                    image = read_image(path, signal=signal)
                 except InputError as err:
                     first = path.name not in scanner.first_failure
                     if scanner.failed(path):
@@ -1147,6 +1148,7 @@ def watch(
     overwrite: bool = False,
     skip_existing: bool = False,
     figure=None,
+    signal: str | None = None,
     **analyzer_options,
 ) -> int:
     """Analyse image files as they appear in a folder; return the number of frames analysed.
@@ -1192,6 +1194,8 @@ def watch(
         Ignore files already in the folder when watching starts.
     figure : str or Path, optional
         Draw the drift report (:func:`drift_figure`) into this PNG at the end.
+    signal : str, optional
+        Signal to read from files holding several (name or index; default: the HAADF/ADF image).
     **analyzer_options
         More :class:`LiveAnalyzer` settings (``max_drop``, ``reference_frames``,
         ``predict_options``, ``threshold``, ``score_size``).
@@ -1214,6 +1218,7 @@ def watch(
     return watch_folder(
         analyzer, folder, pattern, out, provenance=provenance, poll=poll, max_frames=max_frames, timeout=timeout,
         stop_when_idle=stop_when_idle, log=log, overwrite=overwrite, skip_existing=skip_existing, figure=figure,
+        signal=signal,
     )
 
 

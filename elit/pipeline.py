@@ -241,7 +241,7 @@ class Pipeline:
                     raise InputError("no input: give frames or set data.path / --data")
                 from elit.readers import read_image
 
-                image = read_image(self.config.data.path, nan_policy=self.config.data.nan_policy)
+                image = read_image(self.config.data.path, nan_policy=self.config.data.nan_policy, signal=self.config.data.signal)
                 frames, pixel_size = image.frames, pixel_size or image.pixel_size
                 source.setdefault("source", image.source)
                 source.setdefault("sha256", image.sha256)

@@ -1,12 +1,15 @@
-"""Reading experimental images: pick a reader by suffix, check and normalise the frames.
+"""Reading experimental images: pick a reader by suffix, choose a signal, check and normalise the frames.
 
 Readers are plugins (hook ``elit_register_readers``): classes with ``name``,
 ``suffixes``, ``description`` and a class method ``read(path, key=None) ->
-ImageData``.  The built-ins (npy/npz, tif/tiff, png, h5/hdf5 incl. NSID and
-HyperSpy, hspy, dm3/dm4) live in ``elit_builtins.readers``.
+ImageData``; a reader that can also describe a file's datasets before reading
+them has ``signals(path) -> list[Signal]``, and then :func:`read_image` chooses
+the signal (:func:`choose_signal`) and refuses one that is too large before
+any data is read.  The built-ins (vendor formats through rosettasciio, NSID
+through SciFiReaders, npy/npz and plain HDF5) live in ``elit_builtins.readers``.
 
->>> data = read_image("scan.h5:/Measurement_000/Channel_000")   # doctest: +SKIP
->>> data.frames.shape, data.pixel_size                           # doctest: +SKIP
+>>> data = read_image("velox.emd", signal="HAADF")   # doctest: +SKIP
+>>> data.frames.shape, data.pixel_size               # doctest: +SKIP
 ((1, 512, 512), 0.127)
 """
 
@@ -17,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,13 +375,265 @@ def validate_frames(
     return np.ascontiguousarray(out), notes
 
 
+# ------------------------------------------------------------------ signals
+_NO_UNITS = {"", "<undefined>", "_none_", "none", "px", "pixel", "pixels"}
+_HAADF = re.compile(r"haadf", re.IGNORECASE)
+_ADF = re.compile(r"(?<![a-z])a?df(?![a-z0-9])", re.IGNORECASE)  # ADF, DF, DF-S; not DF4-A (one segment)
+
+
+def square_pixel(sizes: list, what: str, notes: list[str]) -> float | None:
+    """One pixel size from the row and column sizes (Å), if both are known and agree within 1%."""
+    if len(sizes) < 2 or any(s is None for s in sizes):
+        return None
+    a, b = sizes[-2], sizes[-1]
+    if abs(a - b) > 0.01 * max(a, b):
+        notes.append(f"{what}: pixels are not square ({a:.4g} x {b:.4g} Å); pixel size left unknown")
+        return None
+    return float(b)
+
+
+def _units(axis: dict) -> str | None:
+    u = axis.get("units")
+    if u is None or str(u).strip().lower() in _NO_UNITS:
+        return None
+    return str(u).strip()
+
+
+def _is_reciprocal(units: str | None) -> bool:
+    u = (units or "").replace(" ", "").lower()
+    return u.startswith("1/") or u.endswith("^-1") or u.endswith("-1") or u in ("rad", "mrad")
+
+
+@dataclass
+class Signal:
+    """One dataset of a file (image, stack, spectrum…), described before its data is read.
+
+    Attributes
+    ----------
+    index : int
+        Position in the file (what ``--signal 2`` means).
+    name : str
+        Title from the file ('' when it gives none).
+    shape : tuple of int
+        Shape in the file; its product is what :func:`check_size` compares.
+    dtype : str
+        Data type in the file.
+    pixel_size : float or None
+        Å per pixel from the file's calibration.
+    calibration : str
+        The calibration as the file states it (e.g. ``"0.2485 nm/px"``), '' if none.
+    problem : str or None
+        Why elit cannot analyse it (None: an image or a stack of images).
+    loader : callable
+        Returns the data with the image axes last (``(H, W)`` or ``(N, H, W)``).
+    notes : list of str
+        What reading changes or assumes (logged and kept in the metadata).
+    """
+
+    index: int
+    name: str
+    shape: tuple
+    dtype: str
+    loader: Any = None
+    pixel_size: float | None = None
+    calibration: str = ""
+    problem: str | None = None
+    notes: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def label(self) -> str:
+        """The name, or ``"signal N"`` when the file gives none."""
+        return self.name or f"signal {self.index}"
+
+    def summary(self) -> dict:
+        """JSON-safe description (for ``elit info --json`` and the run file)."""
+        return {"index": self.index, "name": self.label(), "shape": list(self.shape), "dtype": self.dtype,
+                "pixel_size": self.pixel_size, "calibration": self.calibration, "problem": self.problem}
+
+    def load(self) -> np.ndarray:
+        """Read the data (only after its size was checked)."""
+        arr = self.loader()
+        if hasattr(arr, "compute"):
+            arr = arr.compute()
+        arr = np.asarray(arr)
+        if arr.dtype.names:  # RGB(A) stored as a structured array (HyperSpy's convention)
+            arr = to_gray(np.stack([arr[n] for n in arr.dtype.names], axis=-1))
+            self.notes.append("converted RGB colour to gray (luminance)")
+        return arr
+
+
+def signal_from_axes(index: int, name: str, data: Any, axes: list[dict], source: str = "",
+                     signal_type: str = "") -> Signal:
+    """A :class:`Signal` from (lazy) ``data`` and HyperSpy-style axes (``scale``, ``units``, ``navigate``).
+
+    Navigation axes become frames; two signal axes in length units make an
+    image, with the pixel size in Å.  Spectra, diffraction patterns, 4-D STEM
+    scans and complex data get a ``problem``.  ``axes[i]`` describes
+    ``data.shape[i]``.
+    """
+    shape = tuple(int(n) for n in data.shape)
+    dtype = np.dtype(data.dtype)
+    if len(axes) != len(shape):
+        axes = [{"navigate": i < len(shape) - 2} for i in range(len(shape))]
+    sig = [i for i, ax in enumerate(axes) if not ax.get("navigate", False)]
+    nav = [i for i in range(len(shape)) if i not in sig]
+    notes: list[str] = []
+    px, calibration, problem = None, "", None
+    names = [str(axes[i].get("name") or i) for i in sig]
+    if len(sig) == 2:
+        units = [_units(axes[i]) for i in sig]
+        if any(_is_reciprocal(u) for u in units) or "diffraction" in signal_type.lower():
+            problem = f"a diffraction pattern (axes in {units[-1]}), not a real-space image"
+        else:
+            px, calibration = _axes_pixel_size([axes[i] for i in sig], notes)
+            if len(nav) >= 2 and all(length_to_angstrom(1.0, _units(axes[i])) for i in nav[-2:]):
+                problem = "a scan of 2-D patterns over a spatial grid (4-D STEM), not a stack of images"
+        h, w = shape[sig[0]], shape[sig[1]]
+        if problem is None and (h < MIN_SIZE or w < MIN_SIZE):
+            problem = f"frames of {h}x{w} pixels are too small (at least {MIN_SIZE}x{MIN_SIZE})"
+    elif len(sig) == 1:
+        problem = f"a spectrum or profile (one signal axis, {names[0]}), not an image"
+    else:
+        problem = f"{len(sig)} signal axes (shape {shape}); elit reads 2-D images and stacks of them"
+    if dtype.kind == "c":
+        problem = f"complex data ({dtype}); export the magnitude or the phase as a real image"
+    elif dtype.names is None and dtype.kind not in "biuf":
+        problem = f"data of type {dtype} is not a numeric image"
+
+    def loader():
+        arr = data.compute() if hasattr(data, "compute") else np.asarray(data)
+        if len(sig) == 2 and nav:
+            arr = np.moveaxis(arr, nav, list(range(len(nav)))).reshape(-1, shape[sig[0]], shape[sig[1]])
+        elif len(sig) == 2 and sig != [arr.ndim - 2, arr.ndim - 1]:
+            arr = np.moveaxis(arr, sig, [-2, -1])
+        return arr
+
+    if len(nav) > 1 and problem is None:
+        notes.append(f"flattened navigation axes {tuple(shape[i] for i in nav)} into {math.prod(shape[i] for i in nav)} frames")
+    shown = f"{''.join(dtype.names)} {dtype[0]}" if dtype.names else str(dtype)  # RGB uint8
+    return Signal(index, name, shape, shown, loader, px, calibration, problem, notes)
+
+
+def _axes_pixel_size(axes: list[dict], notes: list[str]) -> tuple[float | None, str]:
+    """Å/px and the stated calibration of the two image axes (row, column)."""
+    sizes, stated = [], ""
+    for ax in axes:
+        scale, units = ax.get("scale", 1.0), _units(ax)
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            sizes.append(None)
+            continue
+        if units is None:
+            if scale == 1.0:
+                sizes.append(None)  # uncalibrated
+                continue
+            a, why = guess_pixel_size(scale, ("nm", "Å", "pm", "µm"))
+            notes.append(f"axis scale {scale:g}: {why}")
+            stated = f"{scale:.6g} (no units)/px"
+        else:
+            a = length_to_angstrom(scale, units)
+            stated = f"{scale:.6g} {units}/px"
+        sizes.append(a)
+    notes[:] = list(dict.fromkeys(notes))  # both axes usually give the same note
+    return square_pixel(sizes, "axes", notes), stated
+
+
+def _match(signals: list[Signal], key) -> Signal | None:
+    text = str(key).strip()
+    if text.lstrip("-").isdigit():
+        i = int(text)
+        return signals[i] if -len(signals) <= i < len(signals) else None
+    low = text.lower()
+    for s in signals:
+        if s.label().lower() == low:
+            return s
+    group = text.rstrip("/")
+    for s in signals:  # an NSID group names its main dataset: /inputs/frames -> /inputs/frames/frames
+        if s.name and s.name == f"{group}/{group.rsplit('/', 1)[-1]}":
+            return s
+    return None
+
+
+def listing(signals: list[Signal], most: int = 12) -> str:
+    """``"0 HAADF, 1 BF, …"`` for messages."""
+    text = ", ".join(f"{s.index} {s.label()}" for s in signals[:most])
+    return text + (f" and {len(signals) - most} more" if len(signals) > most else "")
+
+
+def choose_signal(signals: list[Signal], key=None, source: str = "file") -> tuple[Signal, str]:
+    """The signal to analyse and why: ``key`` (name or index) if given, else the HAADF/ADF image.
+
+    Without ``key``, only signals without a ``problem`` count: one titled HAADF,
+    else one titled ADF/DF, else the first.
+
+    Raises
+    ------
+    InputError
+        ``key`` names no signal, or names one elit cannot use, or no signal is an image.
+    """
+    if not signals:
+        raise InputError(f"{source} holds no image dataset")
+    if key is not None:
+        chosen = _match(signals, key)
+        if chosen is None:
+            raise InputError(f"{source} has no signal {str(key)!r}; signals: {listing(signals)}")
+        if chosen.problem:
+            raise InputError(f"{source}: signal {chosen.label()!r}: {chosen.problem}")
+        return chosen, "chosen with --signal"
+    usable = [s for s in signals if s.problem is None]
+    if not usable:
+        if len(signals) == 1:
+            raise InputError(f"{source} holds no image elit can read: {signals[0].problem}")
+        why = "; ".join(f"{s.label()}: {s.problem}" for s in signals[:4]) + ("; …" if len(signals) > 4 else "")
+        raise InputError(f"{source}: none of its {len(signals)} signals is an image elit can read ({why})")
+    for pattern, why in ((_HAADF, "its title says HAADF"), (_ADF, "its title says ADF/DF")):
+        hits = [s for s in usable if pattern.search(s.name)]
+        if hits:
+            return hits[0], why
+    if len(usable) == 1:
+        return usable[0], "the only image" + (f" among {len(signals)} signals" if len(signals) > 1 else "")
+    calibrated = [s for s in usable if s.pixel_size is not None]
+    if calibrated and len(calibrated) < len(usable):
+        return calibrated[0], f"no HAADF/ADF signal: the first calibrated image of {len(usable)}"
+    return usable[0], f"no HAADF/ADF signal: the first of {len(usable)} images"
+
+
+def image_from_signals(path: Path, signals: list[Signal], key=None, reader: str = "",
+                       max_pixels: int | None = None) -> ImageData:
+    """Choose a signal (:func:`choose_signal`), check its size, then read it into :class:`ImageData`."""
+    sig, why = choose_signal(signals, key, str(path))
+    check_size(sig.shape, f"{path} ({sig.label()})" if len(signals) > 1 else str(path), max_pixels)
+    arr = sig.load()
+    meta: dict = {"reader": reader, **sig.metadata, "signal": sig.label(), "signal_index": sig.index,
+                  "signal_choice": why}
+    if sig.calibration:
+        meta["calibration"] = sig.calibration
+    if sig.pixel_size is not None:
+        meta.setdefault("pixel_size_source", f"file calibration {sig.calibration}")
+    notes = list(sig.notes)
+    if len(signals) > 1:
+        note = (f"{path.name} holds {len(signals)} signals ({listing(signals)}); read {sig.label()!r} ({why}); "
+                "choose another with --signal NAME_OR_INDEX")
+        log.info("%s", note)
+        notes.insert(0, note)
+        meta["signals"] = [s.summary() for s in signals[:50]]
+    meta["notes"] = notes
+    return ImageData(arr, sig.pixel_size, meta, str(path), dtype=sig.dtype)
+
+
 # ------------------------------------------------------------------ reading
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes (of a folder store such as ``.zspy``: of its files' names and bytes)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(p.relative_to(path).as_posix().encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -394,7 +650,7 @@ def split_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
     for i, ch in enumerate(text):
         if ch == ":" and i > 0:
             head, key = text[:i], text[i + 1 :]
-            if os.path.isfile(head):
+            if os.path.exists(head):
                 return Path(head), key or None
     return Path(text), None
 
@@ -448,17 +704,58 @@ def find_reader(path: Path, registry=None, reader: str | None = None) -> type:
     return candidates[-1]
 
 
+def _call_reader(cls, path: Path, what: str, fn):
+    """Run a reader's ``fn()``; a library's error becomes one InputError line naming the file."""
+    try:
+        return fn()
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{path}: too large to read into memory") from None
+    except Exception as exc:  # a reader's library error becomes one line naming the file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot {what} as {cls.name} ({type(exc).__name__}: {msg})") from exc
+
+
+def _open_path(spec, registry, reader, signal) -> tuple[Path, str | None, type]:
+    path, key = split_spec(spec)
+    if signal is not None and str(signal) != "":
+        if key is not None and key != str(signal):
+            raise InputError(f"{spec}: give the signal once, either as FILE:{key} or as --signal {signal}")
+        key = str(signal)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    cls = find_reader(path, registry, reader) if (path.is_file() or path.suffix) else None
+    if path.is_dir() and not getattr(cls, "folders", False):
+        raise InputError(f"{path} is a folder; give an image file")
+    return path, key, cls
+
+
+def list_signals(spec: str | os.PathLike, registry=None, reader: str | None = None) -> tuple[Path, type, list[Signal]]:
+    """Every signal of a file without reading its data: ``(path, reader class, signals)``.
+
+    A reader without ``signals(path)`` is read whole and shown as one signal.
+    """
+    path, _key, cls = _open_path(spec, registry, reader, None)
+    if hasattr(cls, "signals"):
+        return path, cls, _call_reader(cls, path, "list the signals", lambda: cls.signals(path))
+    data = _call_reader(cls, path, "read", lambda: cls.read(path))
+    arr = np.asarray(data.frames)
+    sig = Signal(0, str(data.metadata.get("title", "")), arr.shape, data.dtype or str(arr.dtype), lambda: arr,
+                 data.pixel_size, str(data.metadata.get("pixel_size_source", "")))
+    return path, cls, [sig]
+
+
 def read_image(
     spec: str | os.PathLike, registry=None, nan_policy: str = "refuse", reader: str | None = None,
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, signal: str | int | None = None,
 ) -> ImageData:
     """Read an image file into checked ``(N, H, W)`` float32 frames.
 
     Parameters
     ----------
     spec : str or path
-        A file, or ``file.h5:/path/to/dataset`` for one dataset of an HDF5 file
-        (for DM files: ``file.dm4:Channel_001``).
+        A file, or ``FILE:SIGNAL`` (e.g. ``file.h5:/path/to/dataset``).
     registry : Registry, optional
         Where readers come from; default :func:`elit.plugins.default_registry`.
     nan_policy : {"refuse", "fill"}
@@ -466,34 +763,23 @@ def read_image(
     reader : str, optional
         Use this reader (by name) whatever the suffix.
     max_pixels : int, optional
-        Refuse larger data (default :func:`max_pixels_limit`); a ``.npy``
-        header is checked before anything is loaded.
+        Refuse larger data (default :func:`max_pixels_limit`), checked on the
+        shape the file declares before any data is read.
+    signal : str or int, optional
+        For a file of several signals: the name or index to read (default: the
+        HAADF/ADF image, see :func:`choose_signal`).
 
     Raises
     ------
     InputError
         One line naming the file: missing, a folder, unknown suffix, unreadable,
-        no image inside, or frames that fail :func:`validate_frames`.
+        no image inside, too large, or frames that fail :func:`validate_frames`.
     """
-    path, key = split_spec(spec)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give an image file")
-    cls = find_reader(path, registry, reader)
-    if path.suffix.lower() == ".npy":
-        declared = npy_header_shape(path)
-        if declared is not None:
-            check_size(declared, str(path), max_pixels)
-    try:
-        data = cls.read(path, key=key)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(f"{path}: too large to read into memory") from None
-    except Exception as exc:  # a reader's library error becomes one line naming the file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot read as {cls.name} ({type(exc).__name__}: {msg})") from exc
+    path, key, cls = _open_path(spec, registry, reader, signal)
+    if hasattr(cls, "signals"):
+        data = _call_reader(cls, path, "read", lambda: image_from_signals(path, cls.signals(path), key, cls.name, max_pixels))
+    else:
+        data = _call_reader(cls, path, "read", lambda: cls.read(path, key=key))
     if not isinstance(data, ImageData):
         raise InputError(f"{path}: reader {cls.name!r} returned {type(data).__name__}, not ImageData")
     source = f"{path}:{key}" if key else str(path)

@@ -158,10 +158,12 @@ def test_split_spec(tmp_path):
 
 
 def test_supported_suffixes_and_unknown_suffix(tmp_path):
-    assert {".npy", ".tif", ".tiff", ".png", ".h5", ".hdf5", ".hspy", ".dm3", ".dm4"} <= set(supported_suffixes(REG))
-    f = tmp_path / "x.jpg"
+    want = {".npy", ".tif", ".tiff", ".png", ".jpg", ".h5", ".hdf5", ".hspy", ".zspy", ".dm3", ".dm4", ".emd",
+            ".ser", ".emi", ".mrc"}
+    assert want <= set(supported_suffixes(REG))
+    f = tmp_path / "x.xyz"
     f.write_bytes(b"...")
-    with pytest.raises(InputError, match=r"no reader for suffix \.jpg; supported: .*\.npy"):
+    with pytest.raises(InputError, match=r"no reader for suffix \.xyz; supported: .*\.npy"):
         read(f)
 
 
@@ -248,11 +250,19 @@ def test_npz_single_several_and_key(tmp_path):
     np.savez(one, image=ramp(), scalar=np.float64(3))
     np.savez(two, a=ramp(), b=ramp(n=2))
     assert read(one).frames.shape == (1, 32, 40)
-    with pytest.raises(InputError, match=r"2 image arrays \(a, b\); pick one"):
-        read(two)
+    d = read(two)  # several images: the first, with a note naming the others
+    assert d.metadata["signal"] == "a" and "holds 2 signals (0 a, 1 b)" in d.metadata["notes"][0]
     assert read(f"{two}:b").frames.shape == (2, 32, 40)
-    with pytest.raises(InputError, match="no array 'c'"):
+    assert read(two, signal="1").frames.shape == (2, 32, 40)
+    with pytest.raises(InputError, match="has no signal 'c'; signals: 0 a, 1 b"):
         read(f"{two}:c")
+
+
+def test_npy_too_large_refused_from_the_header(tmp_path):
+    f = tmp_path / "big.npy"
+    np.lib.format.open_memmap(f, mode="w+", dtype=np.uint8, shape=(64, 64))
+    with pytest.raises(InputError, match=r"4,096 pixels .* exceed the limit of 1,000"):
+        read(f, max_pixels=1000)
 
 
 def test_truncated_npy(tmp_path):
@@ -273,7 +283,7 @@ def test_tiff_stack_and_imagej_pixel_size(tmp_path):
     data = read(f)
     np.testing.assert_array_equal(data.frames, stack.astype(np.float32))
     assert data.pixel_size == pytest.approx(0.25) and data.dtype == "uint16"
-    assert "ImageJ" in data.metadata["pixel_size_source"]
+    assert data.metadata["calibration"] == "0.025 nm/px" and "rosettasciio" in data.metadata["library"]
 
 
 def test_tiff_dpi_is_not_a_pixel_size_and_rgb_is_gray(tmp_path):
@@ -293,6 +303,15 @@ def test_tiff_centimetre_resolution_when_physical(tmp_path):
     f = tmp_path / "cm.tif"
     tifffile.imwrite(f, ramp(), resolution=(1e8 / 0.3, 1e8 / 0.3), resolutionunit="CENTIMETER")
     assert read(f).pixel_size == pytest.approx(0.3)
+
+
+def test_tiff_planar_float_stack_is_frames(tmp_path):
+    import tifffile
+
+    f = tmp_path / "planar.tif"
+    stack = ramp(n=3)
+    tifffile.imwrite(f, stack)  # tifffile tags a (3, H, W) array as planar RGB
+    np.testing.assert_array_equal(read(f).frames, stack)
 
 
 def test_not_a_tiff(tmp_path):
@@ -328,25 +347,32 @@ def test_plain_hdf5_single_several_and_key(tmp_path):
         f["line"] = np.arange(100.0)
     with h5py.File(two, "w") as f:
         f["a"] = ramp()
-        f["b/c"] = ramp()
+        f["b/c"] = ramp() * 2
     d = read(one)
-    assert d.frames.shape == (2, 32, 40) and d.metadata["key"] == "/deep/group/img"
-    with pytest.raises(InputError, match=r"2 image datasets: /a \(32, 40\), /b/c \(32, 40\); pick one with"):
-        read(two)
+    assert d.frames.shape == (2, 32, 40) and d.metadata["signal"] == "/deep/group/img"
+    d = read(two)
+    assert d.metadata["signal"] == "/a" and "holds 2 signals (0 /a, 1 /b/c)" in d.metadata["notes"][0]
     assert read(f"{two}:/b/c").source == f"{two}:/b/c"
-    with pytest.raises(InputError, match="holds nothing at '/zz'.*images: /a"):
+    np.testing.assert_array_equal(read(two, signal="/b/c").frames[0], ramp() * 2)
+    with pytest.raises(InputError, match="has no signal '/zz'; signals: 0 /a, 1 /b/c"):
         read(f"{two}:/zz")
-    with pytest.raises(InputError, match="not an image"):
+    with pytest.raises(InputError, match=r"signal '/line': expected an image \(H, W\) or a stack \(N, H, W\), got 1 dimensions"):
         read(f"{one}:/line")
+    with pytest.raises(InputError, match="give the signal once"):
+        read(f"{two}:/a", signal="/b/c")
 
 
 def test_hdf5_without_image_truncated_and_fake(tmp_path):
-    empty, cut, fake = tmp_path / "empty.h5", tmp_path / "cut.h5", tmp_path / "fake.h5"
+    empty, small, cut, fake = tmp_path / "empty.h5", tmp_path / "small.h5", tmp_path / "cut.h5", tmp_path / "fake.h5"
     with h5py.File(empty, "w") as f:
-        f["line"] = np.arange(10)
-        f["tiny"] = np.ones((4, 4))
+        f.create_group("nothing")
     with pytest.raises(InputError, match="holds no image dataset"):
         read(empty)
+    with h5py.File(small, "w") as f:
+        f["line"] = np.arange(10)
+        f["tiny"] = np.ones((4, 4))
+    with pytest.raises(InputError, match="none of its 2 signals is an image elit can read.*too small"):
+        read(small)
     with h5py.File(cut, "w") as f:
         f["img"] = ramp(256, 256)
     cut.write_bytes(cut.read_bytes()[:3000])
@@ -370,46 +396,8 @@ def test_aicrystallographer_layout(tmp_path):
     json.dumps(d.metadata)  # JSON-safe, so the store can keep it
 
 
-def _hyperspy(path, data, axes):
-    with h5py.File(path, "w") as f:
-        f.attrs["file_format"] = "HyperSpy"
-        f.attrs["file_format_version"] = "3.1"
-        exp = f.create_group("Experiments/sample")
-        exp["data"] = data
-        for i, ax in enumerate(axes):
-            g = exp.create_group(f"axis-{i}")
-            for k, v in ax.items():
-                g.attrs[k] = v
-        exp.create_group("metadata/General").attrs["title"] = "STO"
-
-
-def test_hyperspy_image_with_units(tmp_path):
-    f = tmp_path / "sto.hspy"
-    ax = {"scale": 0.05, "offset": 0.0, "units": "nm", "navigate": False, "name": "x"}
-    _hyperspy(f, ramp(dtype=np.float16), [ax, {**ax, "name": "y"}])
-    d = read(f)
-    assert d.frames.shape == (1, 32, 40) and d.pixel_size == pytest.approx(0.5) and d.dtype == "float16"
-    assert d.metadata["title"] == "STO" and d.metadata["reader"] == "hspy"
-
-
-def test_hyperspy_stack_and_missing_units_in_hdf5_suffix(tmp_path):
-    f = tmp_path / "adf.hdf5"
-    sig = {"scale": 0.009326, "offset": 0.0, "navigate": False}
-    _hyperspy(f, ramp(n=4), [{"scale": 1.0, "navigate": True}, sig, sig])
-    d = read(f)
-    assert d.frames.shape == (4, 32, 40) and d.pixel_size == pytest.approx(0.09326)
-    assert any("read as nm" in n for n in d.metadata["notes"])
-
-
-def test_hyperspy_spectrum_is_refused(tmp_path):
-    f = tmp_path / "eels.hspy"
-    _hyperspy(f, np.ones((20, 30, 500)), [{"navigate": True}, {"navigate": True}, {"navigate": False}])
-    with pytest.raises(InputError, match="not an image: it has 1 signal axes"):
-        read(f)
-
-
 def test_nsid_from_run_file(tmp_path):
-    """Images in an elit run file (NSID) read back with their pixel size; several images need a key."""
+    """Images in an elit run file (NSID, through SciFiReaders) read back with their pixel size."""
     from elit.store import RunStore
 
     run = tmp_path / "run.h5"
@@ -418,19 +406,18 @@ def test_nsid_from_run_file(tmp_path):
     store.write_input("frames", frames, 0.2)
     d = read(f"{run}:/inputs/frames")
     np.testing.assert_array_equal(d.frames, frames)
+    assert d.dtype == "float32"  # read with h5py: not SciFiReaders' float64 copy
     assert d.pixel_size == pytest.approx(0.2) and d.metadata["pixel_size_source"] == "NSID dimension scales"
     assert read(f"{run}:/inputs/frames/frames").pixel_size == pytest.approx(0.2)
     assert read(run).frames.shape == (2, 32, 40)  # only one image in the file so far
     with store.stage(0, "predict", {"name": "p"}) as st:
         st.add_image("mean", frames[:, None], ["frame", "class", "row", "col"], pixel_size=0.2)
-    with pytest.raises(InputError, match="2 image datasets"):
-        read(run)
+    assert "holds 2 signals" in read(run).metadata["notes"][0]
     m = read(f"{run}:/iterations/iter_000/predict/mean")
     assert m.frames.shape == (2, 32, 40) and m.pixel_size == pytest.approx(0.2)
 
 
 def test_damaged_dm_file(tmp_path):
-    pytest.importorskip("SciFiReaders")
     f = tmp_path / "broken.dm3"
     f.write_bytes(b"\x00\x00\x00\x03" + b"\x00" * 64)
     with pytest.raises(InputError, match="broken.dm3"):
