@@ -109,7 +109,7 @@ def cmd_info(args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6])
     if chosen is None:
-        raise ElitError(f"elit cannot analyse {path.name}: " + (why.split(": ", 1)[-1] if len(signals) == 1 else
+        raise ElitError(f"elit cannot analyse {path.name}: " + (why.split("can read: ", 1)[-1] if len(signals) == 1 else
                                                                   "no signal is an image it can read (see the table)"))
     print(f"elit reads #{chosen.index} {chosen.label()!r}: {why}")
     return 0
