@@ -99,6 +99,18 @@ class ExecutorConfig(_Strict):
     frames_per_task: int = Field(16, ge=1, le=100_000, description="Frames per inference task when a stack is predicted on the cluster.")
 
 
+class StoreConfig(_Strict):
+    """How the run file keeps the probability maps (see docs/file-format.md)."""
+
+    probabilities: Literal["uint8", "float16", "float32"] = Field(
+        "uint8", description="Precision the member probability maps are kept in, in memory and in the file (uint8: p = q/255)."
+    )
+    member_maps_every: int = Field(
+        1, ge=1, le=1_000_000, description="Store every member's map for every n-th frame only (1: all frames); mean, uncertainty and atoms are kept for all."
+    )
+    frames_per_chunk: int = Field(32, ge=1, le=100_000, description="Frames predicted, scored and located at a time (bounds the memory).")
+
+
 class PipelineConfig(_Strict):
     """A whole ELIT run."""
 
@@ -107,6 +119,7 @@ class PipelineConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where networks run: auto picks CUDA when present.")
     data: DataConfig = Field(default_factory=DataConfig, description="The input frames.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where ensemble members train: locally or on a dask cluster.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Precision and extent of the stored probability maps.")
     scale: ScaleConfig = Field(default_factory=ScaleConfig, description="Pixel sizes.")
     iterations: IterationConfig = Field(default_factory=IterationConfig, description="The iteration plan.")
     conditions: ConditionsConfig = Field(

@@ -37,6 +37,8 @@ ACTIVATIONS = ("sigmoid", "softmax")
 # CPU (2.4x) and on an H200 (1.8x, 8 members x 8 frames of 512^2, bench/gpu_check.py).
 BATCHED_MEMBERS_DEFAULT = {"cpu": False, "cuda": False}
 # Pixels per forward call before frames are split into tiles / batches.
+MEAN_STD_FRAMES = 16
+"""Frames per step of :meth:`Ensemble.mean_std` (the result does not depend on it)."""
 PIXEL_BUDGET = {"cpu": 1024 * 1024, "cuda": 8 * 1024 * 1024}
 TILE_DEFAULT = {"cpu": 1024, "cuda": 2048}
 
@@ -520,16 +522,21 @@ class Ensemble:
         -------
         mean, std : ndarray, shape (N, K, H, W), float32
         """
-        p = np.asarray(predictions)
-        if p.ndim != 5:
-            raise InputError(f"predictions must be (M, N, K, H, W), got shape {p.shape}")
-        if members is not None:
-            p = p[list(members)]
-        if len(p) == 0:
+        if not hasattr(predictions, "shape"):
+            predictions = np.asarray(predictions)
+        shape = tuple(predictions.shape)
+        if len(shape) != 5:
+            raise InputError(f"predictions must be (M, N, K, H, W), got shape {shape}")
+        idx = list(range(shape[0])) if members is None else list(members)
+        if len(idx) == 0:
             raise InputError("mean_std needs at least one member")
-        p = p.astype(np.float32, copy=False)
-        mean = p.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = p.std(axis=0, dtype=np.float64).astype(np.float32)
+        mean = np.empty(shape[1:], np.float32)
+        std = np.empty(shape[1:], np.float32)
+        step = MEAN_STD_FRAMES
+        for f0 in range(0, shape[1], step):  # a few frames at a time: float64 sums of a long movie stay small
+            p = np.asarray(predictions[idx, f0 : f0 + step], dtype=np.float32)
+            mean[f0 : f0 + step] = p.mean(axis=0, dtype=np.float64)
+            std[f0 : f0 + step] = p.std(axis=0, dtype=np.float64)
         return mean, std
 
     def subset(self, members: list[int]) -> Ensemble:

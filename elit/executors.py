@@ -375,6 +375,30 @@ def _predict_chunk(item: tuple, shared: dict) -> np.ndarray:
     return ensemble.predict(frames, device=shared["device"], **shared["options"])
 
 
+def predict_frame_chunks(executor, ensemble, frames, *, chunk: int = 16, device: str = "cpu", **options):
+    """Yield ``(frame_slice, predictions)`` of chunks of frames predicted as separate tasks, as they finish.
+
+    The driver holds only the chunks that arrived and were not consumed yet; see
+    :func:`predict_frames` for the arguments.  A local executor (or None)
+    predicts the chunks here, one after another.
+    """
+    if chunk < 1:
+        raise ConfigError(f"chunk must be at least 1 frame, got {chunk}")
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if executor is None or isinstance(executor, LocalExecutor):
+        yield from ensemble.predict_chunks(frames, chunk=chunk, device=device, **options)
+        return
+    import torch
+
+    dev_type = torch.device(str(device)).type if str(device) != "auto" else "auto"
+    shared = {"ensemble": ensemble.to_arrays(), "device": dev_type, "options": {**options, "progress": False}}
+    items = {start: (start, frames[start : start + chunk]) for start in range(0, len(frames), chunk)}
+    for start, pred in executor.map_members(_predict_chunk, items, shared):
+        yield slice(start, start + pred.shape[1]), pred
+
+
 def predict_frames(executor, ensemble, frames, *, chunk: int = 16, device: str = "cpu", **options) -> np.ndarray:
     """Apply an ensemble to a stack of frames, chunks of frames as separate tasks.
 
@@ -403,14 +427,9 @@ def predict_frames(executor, ensemble, frames, *, chunk: int = 16, device: str =
     frames = np.asarray(frames)
     if executor is None or isinstance(executor, LocalExecutor) or frames.ndim == 2 or len(frames) <= chunk:
         return ensemble.predict(frames, device=device, **options)
-    import torch
-
-    dev_type = torch.device(str(device)).type if str(device) != "auto" else "auto"
-    shared = {"ensemble": ensemble.to_arrays(), "device": dev_type, "options": {**options, "progress": False}}
-    items = {start: (start, frames[start : start + chunk]) for start in range(0, len(frames), chunk)}
     out = None
-    for start, pred in executor.map_members(_predict_chunk, items, shared):
+    for sl, pred in predict_frame_chunks(executor, ensemble, frames, chunk=chunk, device=device, **options):
         if out is None:
             out = np.empty((pred.shape[0], len(frames)) + pred.shape[2:], np.float32)
-        out[:, start : start + pred.shape[1]] = pred
+        out[:, sl] = pred
     return out

@@ -456,28 +456,55 @@ class _Runner:
             st.add_ensemble(ens)
         return ens
 
+    def _member_maps(self, ensemble):
+        """Every member's maps of every frame, quantized as the config says (:mod:`elit.store.precision`)."""
+        from elit.store.precision import ProbabilityMaps
+
+        precision, chunk = self.cfg.store.probabilities, self.cfg.store.frames_per_chunk
+        maps = None
+        if self.executor is not None and getattr(self.executor, "kind", "local") != "local":
+            from elit.executors import predict_frame_chunks  # chunks of frames as tasks, quantized as they arrive
+
+            parts = predict_frame_chunks(self.executor, ensemble, self.frames, chunk=self.cfg.executor.frames_per_task,
+                                         device=str(self.device))
+        else:
+            parts = ensemble.predict_chunks(self.frames, chunk=chunk, device=self.device, progress=False)
+        for sl, pred in parts:
+            if maps is None:
+                maps = ProbabilityMaps.empty((pred.shape[0], len(self.frames)) + pred.shape[2:], precision)
+            maps.put(sl, pred)
+        return maps
+
+    def _stored_maps(self, it: int, ensemble):
+        """The member maps of a finished predict step: read back, or predicted again where only some were kept."""
+        from elit.store.precision import ProbabilityMaps
+
+        path = self.path(it, PREDICT, "member_probabilities")
+        attrs = self.store.attrs(f"{path}/member_probabilities") if self.store.has(path) else {}
+        if self.store.has(path) and int(attrs.get("member_maps_every", 1)) == 1:
+            return ProbabilityMaps(self.store.read_image(path, raw=True))
+        return self._member_maps(ensemble)  # the same values: prediction is deterministic
+
     def predict(self, it: int, ensemble) -> _State:
         st_out = _State(ensemble=ensemble)
+        chunk = self.cfg.store.frames_per_chunk
         if self.done(it, PREDICT) and self.done(it, "selector"):
-            st_out.predictions = self.store.read_image(self.path(it, PREDICT, "member_probabilities"))
+            st_out.predictions = self._stored_maps(it, ensemble)
             st_out.selection = _read_selection(self.store, self.path(it, "selector", ""))
             st_out.atoms = self.store.read_table(self.path(it, PREDICT, "atoms_working"))
             return st_out
-        if self.executor is not None and getattr(self.executor, "kind", "local") != "local":
-            from elit.executors import predict_frames  # chunks of frames as tasks; the driver assembles them
-
-            chunk = self.cfg.executor.frames_per_task
-            preds = predict_frames(self.executor, ensemble, self.frames, chunk=chunk, device=str(self.device))
-        else:
-            preds = ensemble.predict(self.frames, device=self.device, progress=True)
+        preds = self._member_maps(ensemble)
         seed = self.seed(it, "selector")
         selector_done = self.done(it, "selector")  # resumed between the selector's and the predict step's commits
         if selector_done:
             selection = _read_selection(self.store, self.path(it, "selector", ""))
         else:
-            selection = self.p.stages["selector"].select(preds, self.frames, self.px)
+            n = len(self.frames)
+            selection = self.p.stages["selector"].select_chunks(
+                ((preds[:, f0 : f0 + chunk], self.frames[f0 : f0 + chunk]) for f0 in range(0, n, chunk)), self.px
+            )
         members = selection.members if it == 0 else list(range(len(ensemble)))
-        mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold)
+        mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold, chunk=chunk)
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
         if not selector_done:
             with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
@@ -497,7 +524,7 @@ class _Runner:
                     st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
-            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used)
+            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used, self.cfg.store.member_maps_every)
         st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
         return st_out
 
@@ -624,24 +651,55 @@ def own_step_info(name: str, config: dict[str, Any], used: list[str], seed: int 
     }
 
 
-def combine_members(ensemble, preds: np.ndarray, members: list[int] | None, threshold: float):
-    """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels)."""
+def combine_members(ensemble, preds, members: list[int] | None, threshold: float, chunk: int = 32):
+    """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels).
+
+    ``preds`` is an ``(M, N, K, H, W)`` array or :class:`~elit.store.precision.ProbabilityMaps`;
+    atoms are located ``chunk`` frames at a time (the same atoms as all at once).
+    """
     from elit.atoms import locate_atoms
+    from elit.data import AtomTable
 
-    members = list(range(len(preds))) if members is None else members
+    members = list(range(len(preds))) if members is None else list(members)
     mean, std = ensemble.mean_std(preds, members)
-    atoms = locate_atoms(
-        mean, threshold=threshold, uncertainty=std, member_probabilities=preds[members], class_names=ensemble.class_names
-    )
-    return mean, std, atoms
+    n = mean.shape[0]
+    tables = [
+        locate_atoms(
+            mean[f0 : f0 + chunk], threshold=threshold, uncertainty=std[f0 : f0 + chunk],
+            member_probabilities=preds[members, f0 : f0 + chunk], class_names=ensemble.class_names, frame_offset=f0,
+        )
+        for f0 in range(0, n, chunk)
+    ]
+    return mean, std, AtomTable.concatenate(tables, class_names=tables[0].class_names if tables else None)
 
 
-def write_predictions(st, preds, mean, std, atoms: AtomTable, px: float, factor: float, used: list[str]) -> None:
-    """Store per-member maps, mean, uncertainty and the atoms (working and input pixels) in a stage."""
+def write_predictions(
+    st, preds, mean, std, atoms: AtomTable, px: float, factor: float, used: list[str], member_maps_every: int = 1
+) -> None:
+    """Store per-member maps, mean, uncertainty and the atoms (working and input pixels) in a stage.
+
+    Maps are stored in the precision ``preds`` holds (``ProbabilityMaps``: uint8 by
+    default; a float array as it is); mean and uncertainty in the same precision.
+    With ``member_maps_every`` n > 1 only every n-th frame's member maps are kept;
+    the dataset's attribute ``frames`` lists them.
+    """
+    from elit.store.precision import ProbabilityMaps, quantization_label, quantize
+
     dims = ["member", "frame", "class", "y", "x"]
-    member_path = st.add_image("member_probabilities", preds, dims, "probability", "", px, used)
-    st.add_image("mean", mean, dims[1:], "probability", "", px, [member_path])
-    st.add_image("uncertainty", std, dims[1:], "probability std", "", px, [member_path])
+    values = preds.values if isinstance(preds, ProbabilityMaps) else np.asarray(preds)
+    precision = values.dtype.name if values.dtype.name in ("uint8", "float16") else "float32"
+    label = quantization_label(precision)
+    n = values.shape[1]
+    kept = list(range(0, n, max(1, member_maps_every)))
+    if len(kept) != n:
+        values = values[:, kept]
+    extra = {"member_maps_every": member_maps_every, "frames": np.asarray(kept, np.int64)} if len(kept) != n else None
+    member_path = st.add_image(
+        "member_probabilities", values, dims, "probability", "", px, used, quantization=label, copy=False, attrs=extra
+    )
+    st.add_image("mean", quantize(mean, precision), dims[1:], "probability", "", px, [member_path], quantization=label, copy=False)
+    st.add_image("uncertainty", quantize(std, precision), dims[1:], "probability std", "", px, [member_path],
+                 quantization=label, copy=False)
     st.add_table("atoms_working", atoms, [member_path])
     st.add_table("atoms", atoms.scaled(1.0 / factor), [member_path])
 

@@ -914,8 +914,24 @@ def _stage_lines(g: h5py.Group, verbose: bool) -> list[str]:
             if derived:
                 lines.append(f"      derived from {', '.join(derived)}")
 
-    g.visititems(visit)
+    _walk(g, visit)
     return lines
+
+
+def _walk(group: h5py.Group, fn: Callable[[str, Any], Any], prefix: str = "", seen: set | None = None) -> None:
+    """Like ``group.visititems(fn)``, in insertion order, following external links into part files."""
+    seen = set() if seen is None else seen
+    for key in group:
+        obj = group.get(key)
+        if obj is None:
+            continue  # a dangling link
+        ident = (obj.file.filename, h5py.h5o.get_info(obj.id).addr)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        fn(prefix + key, obj)
+        if isinstance(obj, h5py.Group):
+            _walk(obj, fn, f"{prefix}{key}/", seen)
 
 
 def _inside_arrays(obj) -> bool:
@@ -1052,11 +1068,18 @@ class StageWriter:
         pixel_size: float | None = None,
         derived_from=(),
         data_type: str = "IMAGE_STACK",
+        quantization: str = "",
+        copy: bool = True,
+        attrs: dict | None = None,
     ) -> str:
         """Add an image-like array as an NSID dataset (dimension scales with units; Å when ``pixel_size``).
 
         ``dims`` names each axis, e.g. ``["frame", "class", "row", "col"]``;
-        ``row``/``col`` are spatial.  Returns the dataset path
+        ``row``/``col`` are spatial.  ``quantization`` (e.g. ``"uint8/255"``) marks
+        probabilities stored quantized (:mod:`elit.store.precision`).  With
+        ``copy=False`` the caller promises not to change ``data`` until the stage
+        ends (large maps are not held twice).  ``attrs`` are further attributes of
+        the dataset (numbers, strings or arrays of them).  Returns the dataset path
         ``<stage>/<name>/<name>``.
         """
         group_path = self._claim(name, "image name")
@@ -1075,15 +1098,23 @@ class StageWriter:
             raise StoreError(f"data_type {data_type!r} is not one of {', '.join(L.NSID_DATA_TYPES)}")
         px = _check_pixel_size(pixel_size)
         derived = _clean_paths(derived_from, f"derived_from of {name!r}")
-        arr = np.array(arr, copy=True)
+        arr = np.array(arr, copy=True) if copy else arr
         stage = self.path
+        run_path = self._store.path
 
-        def op(f: h5py.File) -> None:
+        def fill(parent: h5py.Group, _name: str) -> None:
             from elit.store.nsid import write_image
 
-            ds = write_image(f[stage], name, arr, dims, quantity, units, px, data_type)
+            ds = write_image(parent, name, arr, dims, quantity, units, px, data_type, **_large(arr))
             _write_provenance(ds, stage, derived)
             ds.attrs["pixel_size"] = np.nan if px is None else px
+            if quantization:
+                ds.attrs[QUANTIZATION_ATTR] = quantization
+            for key, value in (attrs or {}).items():
+                ds.attrs[str(key)] = value
+
+        def op(f: h5py.File) -> None:
+            _place(f, run_path, group_path, arr.nbytes, fill)
 
         path = f"{group_path}/{name}"
         self._queue(op, arr.nbytes, path, derived)
@@ -1095,8 +1126,13 @@ class StageWriter:
         arr = np.array(_numeric_array(data, f"array {name!r}"), copy=True)
         derived = _clean_paths(derived_from, f"derived_from of {name!r}")
 
+        def fill(parent: h5py.Group, key: str) -> None:
+            kw = _large(arr) if arr.dtype.kind in "biuf" else {}
+            _write_provenance(parent.create_dataset(key, data=arr, **kw), self.path, derived)
+
         def op(f: h5py.File) -> None:
-            _write_provenance(f.create_dataset(path, data=arr), self.path, derived)
+            f.require_group(path.rsplit("/", 1)[0])
+            _place(f, self._store.path, path, arr.nbytes, fill)
 
         self._queue(op, arr.nbytes, path, derived)
         return path
@@ -1110,17 +1146,23 @@ class StageWriter:
         class_names = list(table.class_names)
         derived = _clean_paths(derived_from, f"derived_from of {name!r}")
 
-        def op(f: h5py.File) -> None:
-            g = f.create_group(path)
+        nbytes = sum(v.nbytes for v in cols.values())
+        big = nbytes > P.PART_ABOVE_BYTES
+
+        def fill(parent: h5py.Group, key: str) -> None:
+            g = parent.create_group(key)
             g.attrs["format"] = "elit-atom-table"
             g.attrs["columns"] = _string_array(list(cols))
             g.attrs["class_names"] = _string_array(class_names)
             g.attrs["n_rows"] = len(cols["frame"])
             for c, v in cols.items():
-                g.create_dataset(c, data=v)
+                g.create_dataset(c, data=v, **(P.chunked(v.shape, v.dtype.itemsize, True) if big else {}))
             _write_provenance(g, self.path, derived)
 
-        self._queue(op, sum(v.nbytes for v in cols.values()), path, derived)
+        def op(f: h5py.File) -> None:
+            _place(f, self._store.path, path, nbytes, fill)
+
+        self._queue(op, nbytes, path, derived)
         return path
 
     def add_json(self, name: str, obj: Any, derived_from=()) -> str:

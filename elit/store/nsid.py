@@ -39,12 +39,13 @@ def write_image(
     pixel_size: float | None,
     data_type: str,
     title: str | None = None,
+    **h5kw,
 ) -> h5py.Dataset:
     """Write ``data`` as an NSID main dataset ``group/name/name`` and return it.
 
     Spatial dimensions (``row``, ``col``, ``y``, ``x``) get values ``i * pixel_size``
     in Å when ``pixel_size`` is given, else pixel indices in ``px``; the others get
-    indices with units ``index``.
+    indices with units ``index``.  ``h5kw`` go to ``create_dataset`` (chunks, compression).
     """
     import dask
     import pyNSID
@@ -65,8 +66,6 @@ def write_image(
         else:
             values, dim_units, quantity_dim = index, "index", dim
         ds.set_dimension(axis, sidpy.Dimension(values, dim, quantity=quantity_dim, units=dim_units, dimension_type=kind))
-    # Uncompressed on purpose: gzip-1 gains only ~1.2x on float32 probability maps (noisy low
-    # bits) at ~17 MB/s, far slower than copying the bytes at commit time.
     with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
         warnings.simplefilter("ignore")
-        return pyNSID.hdf_io.write_nsid_dataset(ds, group, main_data_name=name)
+        return pyNSID.hdf_io.write_nsid_dataset(ds, group, main_data_name=name, **h5kw)

@@ -177,9 +177,24 @@ class AutoSelector(Selector):
 
     def select(self, predictions: np.ndarray, frames: np.ndarray, pixel_size: float) -> Selection:
         """Score every member on every frame and keep the best ``k``."""
-        preds, frames = _check_predictions(predictions, frames)
+        return self.select_chunks([(predictions, frames)], pixel_size)
+
+    def select_chunks(self, chunks, pixel_size: float) -> Selection:
+        """The same selection as :meth:`select` on all frames; every frame is scored alone, a chunk at a time."""
         if not pixel_size > 0:
             raise InputError(f"pixel_size must be positive, got {pixel_size}")
+        cfg = self.config
+        parts = [self._criteria(p, f, pixel_size) for p, f in chunks]
+        if not parts:
+            raise InputError("auto selector: no frames to score")
+        crit = {c: np.concatenate([part[c] for part in parts], axis=1) for c in parts[0]}
+        n_members = len(next(iter(crit.values())))
+        bond_px = cfg.bond_length_A / pixel_size if cfg.bond_length_A is not None else None
+        return self._decide(crit, n_members, bond_px)
+
+    def _criteria(self, predictions, frames, pixel_size: float) -> dict[str, np.ndarray]:
+        """Each criterion's ``(members, frames)`` scores on a chunk of frames."""
+        preds, frames = _check_predictions(predictions, frames)
         cfg = self.config
         n_members, n_frames = preds.shape[:2]
         # class-agnostic atom probability: a pixel is "atom" if any class says so
@@ -230,6 +245,12 @@ class AutoSelector(Selector):
                 else:
                     pairs, _ = match_atoms(cons_rc, rc, match_px)
                     crit["agreement"][m, f] = 2 * len(pairs) / (len(cons_rc) + len(rc))
+        return crit
+
+    def _decide(self, crit: dict[str, np.ndarray], n_members: int, bond_px: float | None) -> Selection:
+        """Weigh the criteria, rank the members and keep the best ``k``."""
+        cfg = self.config
+        crit = dict(crit)
         if bond_px is None:
             crit.pop("spacing")
         weights = {c: float(cfg.weights.get(c, 0.0)) for c in crit}
