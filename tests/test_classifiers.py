@@ -1,4 +1,4 @@
-"""Tests for the built-in classifiers (intensity, gmm) on synthetic doped graphene."""
+"""Tests for the built-in classifiers (intensity, gmm, relative) on synthetic doped graphene and two sublattices."""
 
 import numpy as np
 import pytest
@@ -8,19 +8,26 @@ from elit.data import AtomTable
 from elit.errors import InputError
 from elit.lattices import graphene_positions
 from elit.testing import check_stage
-from elit_builtins.classifiers import GmmClassifier, IntensityClassifier, atom_intensities
+from elit_builtins.classifiers import (
+    GmmClassifier,
+    IntensityClassifier,
+    RelativeClassifier,
+    atom_intensities,
+    mixture_1d,
+    relative_intensities,
+)
 
 PX = 0.2
 SHAPE = (96, 96)
 
 
-def haadf(pos, amplitude, rng, sigma_A=0.35, noise=0.1, background=0.0):
-    rr, cc = np.mgrid[: SHAPE[0], : SHAPE[1]]
-    img = np.full(SHAPE, background, dtype=float)
+def haadf(pos, amplitude, rng, sigma_A=0.35, noise=0.1, background=0.0, shape=SHAPE):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, background, dtype=float)
     s = sigma_A / PX
     for (r, c), a in zip(pos, amplitude):
         img += a * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * s * s))
-    return img + rng.normal(0, noise, SHAPE)
+    return img + rng.normal(0, noise, shape)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +61,9 @@ def test_intensities_are_relative_to_the_median_atom(scene):
 
 @pytest.mark.parametrize(
     "stage",
-    [IntensityClassifier(), IntensityClassifier(thresholds=[2.0]), GmmClassifier(), GmmClassifier(patch_features=3)],
-    ids=["otsu", "fixed", "gmm", "gmm+patches"],
+    [IntensityClassifier(), IntensityClassifier(thresholds=[2.0]), GmmClassifier(), GmmClassifier(patch_features=3),
+     RelativeClassifier()],
+    ids=["otsu", "fixed", "gmm", "gmm+patches", "relative"],
 )
 def test_finds_the_bright_dopants(scene, stage):
     frames, atoms, truth = scene
@@ -66,7 +74,8 @@ def test_finds_the_bright_dopants(scene, stage):
     assert atoms.class_index.max() == 0  # the input is not modified
 
 
-@pytest.mark.parametrize("stage", [IntensityClassifier(), GmmClassifier()], ids=["otsu", "gmm"])
+@pytest.mark.parametrize("stage", [IntensityClassifier(), GmmClassifier(), RelativeClassifier()],
+                         ids=["otsu", "gmm", "relative"])
 def test_no_dopants_invents_none(scene, stage):
     frames, atoms, _ = scene
     carbon_only = atoms.in_frame(1)
@@ -103,6 +112,85 @@ def test_config_validation_and_bad_inputs(scene):
     assert len(empty) == 0 and empty.class_names == ("C", "Si")
 
 
-@pytest.mark.parametrize("cls", [IntensityClassifier, GmmClassifier])
+@pytest.mark.parametrize("cls", [IntensityClassifier, GmmClassifier, RelativeClassifier])
 def test_conformance(cls):
     check_stage(cls)
+
+
+def _square_sublattices(rng, gradient: float, dose_ramp: float, noise=0.05, ratio=0.45, size=200):
+    """A/B columns of a perovskite-like [001] projection (a = 3.9 A) on a background ramp, dose changing across."""
+    a = 3.9 / PX
+    g = np.arange(0.5, size / a) * a
+    rr, cc = np.meshgrid(g, g, indexing="ij")
+    pos_a = np.stack([rr.ravel(), cc.ravel()], axis=1)
+    pos_b = pos_a + a / 2
+    pos_b = pos_b[(pos_b < size - 1).all(axis=1)]
+    pos = np.concatenate([pos_a, pos_b])
+    amp = np.r_[np.ones(len(pos_a)), np.full(len(pos_b), ratio)] * rng.normal(1, 0.05, len(pos))
+    amp *= 1 + dose_ramp * pos[:, 1] / size  # the beam current drifts during the scan
+    x = np.arange(size)[None, :] / size
+    img = haadf(pos, amp, rng, noise=noise, shape=(size, size)) + gradient * x + 0.5 * gradient * x.T
+    truth = np.r_[np.ones(len(pos_a), int), np.zeros(len(pos_b), int)]  # B (darker) = 0, A = 1
+    atoms = AtomTable(np.zeros(len(pos)), pos[:, 0] + rng.normal(0, 0.3, len(pos)), pos[:, 1] + rng.normal(0, 0.3, len(pos)),
+                      np.zeros(len(pos)), np.ones(len(pos)), np.zeros(len(pos)))
+    return img[None], atoms, truth
+
+
+def test_relative_classifier_separates_two_populations_under_a_gradient():
+    rng = np.random.default_rng(4)
+    frames, atoms, truth = _square_sublattices(rng, gradient=1.5, dose_ramp=2.0)
+    # the raw intensity does not separate them: the gradient and dose ramp make far B as bright as near A
+    raw = atom_intensities(frames, atoms, PX, relative=False)
+    assert raw[truth == 0].max() > raw[truth == 1].min()
+    out = RelativeClassifier(class_names=["B", "A"]).classify(frames, atoms, PX)
+    assert np.mean(out.class_index == truth) >= 0.98
+    assert out.class_probability.shape == (len(atoms),) and np.all((out.class_probability >= 0.5) & (out.class_probability <= 1))
+
+
+def test_relative_classifier_finds_rare_dopants_across_a_dose_change(scene):
+    frames, atoms, truth = scene
+    scaled = frames.copy()
+    scaled[0, :, 48:] *= 2.5  # the beam current jumped halfway through the scan
+    out = RelativeClassifier().classify(scaled, atoms, PX)
+    assert np.array_equal(out.class_index, truth)
+    assert out.class_probability[truth == 1].min() > 0.9
+
+
+def test_relative_intensity_of_a_dopant_is_its_contrast(scene):
+    frames, atoms, truth = scene
+    rel = relative_intensities(frames, atoms, PX)
+    assert np.median(rel[truth == 0]) == pytest.approx(1.0, abs=0.05)
+    assert 2.5 < np.median(rel[truth == 1]) < 4.0
+
+
+def test_mixture_merges_components_that_are_not_separated():
+    rng = np.random.default_rng(5)
+    one = rng.normal(1.0, 0.1, 2000)
+    labels, prob, info = mixture_1d(one, 2)
+    assert np.all(labels == 0) and len(info["means"]) == 1
+    two = np.r_[one, rng.normal(3.0, 0.2, 12)]
+    labels, prob, info = mixture_1d(two, 2)
+    assert labels[-12:].tolist() == [1] * 12 and labels[:-12].sum() == 0
+    assert info["weights"][1] == pytest.approx(12 / len(two), rel=0.05)
+    # the class probability falls towards the other class and is least near the boundary
+    _, p, _ = mixture_1d(np.r_[two, 1.75], 2)
+    upper = np.argsort(one)[one[np.argsort(one)] > 1.05]
+    assert np.all(np.diff(p[upper]) <= 1e-12) and p[-1] < p[upper].min() and p.min() >= 0.5
+
+
+def test_class_weights_balance_rare_classes():
+    from elit.data import TrainingSet, class_weights
+
+    w = class_weights([100_000, 3000, 18], max_ratio=1000)
+    assert w[2] / w[1] == pytest.approx(np.sqrt(3000 / 18), rel=1e-6)
+    assert np.sum(w * [100_000, 3000, 18]) / 103_018 == pytest.approx(1.0)
+    assert np.allclose(class_weights([5, 5, 5]), 1.0)
+    assert class_weights([1000, 1], power=1.0, max_ratio=10)[1] / class_weights([1000, 1], power=1.0, max_ratio=10)[0] == pytest.approx(10)
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, 0, :4] = 1
+    labels[1, 1, :1] = 2
+    ts = TrainingSet(np.zeros((2, 8, 8)), labels, ("C", "Si"))
+    tw = ts.class_weights(power=1.0, max_ratio=1000)
+    assert tw[2] > tw[1] > tw[0]
+    with pytest.raises(ValueError):
+        class_weights([-1, 2])
