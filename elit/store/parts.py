@@ -28,7 +28,7 @@ import h5py
 
 from elit.store.commit import _fsync_path
 
-PART_ABOVE_BYTES = 1 << 20
+PART_ABOVE_BYTES = 256 << 10
 """Datasets larger than this go into a part file (smaller ones stay in the run file)."""
 
 PARTS_ATTR = "parts"
