@@ -792,6 +792,7 @@ def read_image(
     if px is not None and not (isinstance(px, (int, float)) and math.isfinite(px) and px > 0):
         metadata["notes"].append(f"ignored pixel size {px!r} (not a positive number)")
         px = None
+    metadata["file_pixel_size"] = None if px is None else float(px)
     return ImageData(
         frames=frames,
         pixel_size=float(px) if px is not None else None,

@@ -728,6 +728,7 @@ class RunStore:
                             + (f"  from {src}" if src else "")
                             + (f"  sha256 {sha[:12]}" if sha else "")
                         )
+                        lines += _origin_lines(L.from_json(ds.attrs.get("elit_metadata", "{}")), px)
             for it in self._iter_numbers(f):
                 lines.append(f"iteration {it}")
                 ig = f[L.iteration_path(it)]
@@ -845,6 +846,21 @@ def _signature(attrs: Mapping[str, Any]) -> tuple:
 
 def _shape(ds: h5py.Dataset) -> str:
     return f"{ds.shape} {ds.dtype}" if ds.shape else f"scalar {ds.dtype}"
+
+
+def _origin_lines(meta: dict, px: float | None) -> list[str]:
+    """``elit inspect`` lines on where an input came from: its signal and its calibration."""
+    if not isinstance(meta, dict) or not meta.get("reader"):
+        return []
+    lines = []
+    if meta.get("signal"):
+        lines.append(f"    signal {meta['signal']!r} (#{meta.get('signal_index', 0)}, {meta.get('signal_choice', '')}), read by {meta['reader']}")
+    file_px = meta.get("file_pixel_size")
+    calib = meta.get("calibration") or meta.get("pixel_size_source")
+    text = f"    calibration {calib} = {file_px:.4g} Å/px" if calib and file_px else "    calibration: none in the file"
+    if px and (not file_px or abs(px - file_px) > 1e-6 * px):
+        text += f"; the run used {px:.4g} Å/px (given or estimated)"
+    return lines + [text]
 
 
 def _pretty_json(text: str) -> str:

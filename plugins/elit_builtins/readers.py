@@ -159,7 +159,20 @@ class ZspyReader(RsciioReader):
     suffixes = (".zspy",)
     module = "zspy"
     folders = True  # a zarr directory store
-    description = "HyperSpy .zspy zarr stores (rosettasciio)"
+    description = "HyperSpy .zspy zarr stores (rosettasciio; needs zarr 2)"
+
+    @classmethod
+    def signals(cls, path) -> list[Signal]:
+        try:
+            import zarr
+        except ImportError:
+            raise InputError(f"{path}: reading .zspy needs zarr 2 (pip install 'zarr<3')") from None
+        if int(zarr.__version__.split(".")[0]) >= 3:
+            raise InputError(
+                f"{path}: rosettasciio reads .zspy only with zarr 2, and zarr {zarr.__version__} is installed "
+                "(abTEM, used by elit-multislice, needs zarr 3); convert the file to .hspy with HyperSpy"
+            )
+        return super().signals(path)
 
 
 class TiffReader(RsciioReader):
@@ -375,6 +388,11 @@ def _plain_signals(path: Path, f) -> list[Signal]:
     return out
 
 
+def _is_nsid(ds) -> bool:
+    """Whether a dataset is an NSID main dataset (pyNSID writes these attributes)."""
+    return all(k in ds.attrs for k in ("data_type", "quantity", "main_data_name"))
+
+
 def _nsid_signals(path: Path) -> list[Signal]:
     """Main datasets of a pycroscopy/NSID file (SciFiReaders), with the pixel size from their dimensions."""
     try:
@@ -426,9 +444,10 @@ class Hdf5Reader(SignalReader):
                 hyperspy, plain = True, []
             else:
                 hyperspy, plain = False, _plain_signals(path, f)
+                nsid = any(_is_nsid(f[s.name]) for s in plain)
         if hyperspy:
             return rsciio_signals(rsciio_read("hspy", path), f"rosettasciio {_rsciio_version()} (hspy)")
-        return _nsid_signals(path) or plain
+        return (_nsid_signals(path) if nsid else []) or plain
 
 
 READERS = [NpyReader, TiffReader, ImageReader, Hdf5Reader, HspyReader, ZspyReader, DigitalMicrographReader,
