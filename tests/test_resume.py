@@ -249,3 +249,54 @@ def test_a_crashed_commit_leaves_the_old_file(tmp_path):
     RunStore.open(path, mode="a").write_summary([])
     assert not clone_of(path).exists()
     assert RunStore.open(path).read_config() == {"seed": 1}
+
+
+class _Crash(BaseException):
+    """Stands for the process dying at that point."""
+
+
+def test_crash_between_a_part_and_its_link_then_resume(runs, work, capsys, monkeypatch):
+    """Every large dataset in a part file; the run dies right after a part is renamed into place, before the link."""
+    import elit.store.parts as parts
+
+    monkeypatch.setattr(parts, "PART_ABOVE_BYTES", 0)
+    path = work / "parts.h5"
+    real = parts.write_part
+    calls = []
+
+    def dies_after_fifth_part(f, run_path, link_path, fill, durable=True):
+        calls.append(link_path)
+        if len(calls) == 5:
+            folder = parts.parts_folder(run_path, f)
+            folder.mkdir(exist_ok=True)
+            with h5py.File(folder / "0123456789abcdef0123456789abcdef.h5", "w") as part:
+                fill(part, link_path.rsplit("/", 1)[-1])
+            raise _Crash()
+        return real(f, run_path, link_path, fill, durable)
+
+    monkeypatch.setattr(parts, "write_part", dies_after_fifth_part)
+    with pytest.raises(_Crash):
+        main(_run_args(work, path))
+    monkeypatch.setattr(parts, "write_part", real)
+    folder = path.with_name(path.name + ".parts")
+    assert (folder / "0123456789abcdef0123456789abcdef.h5").exists()
+    _check_readable(path, capsys)
+    assert main(["-q", "run", "--resume", str(path)]) == 0
+    assert not (folder / "0123456789abcdef0123456789abcdef.h5").exists()  # the unlinked part was swept
+    with h5py.File(path, "r") as f:
+        linked = parts.linked_parts(f)
+        assert linked and {p.name for p in folder.iterdir()} == {name.split("/")[-1] for name in linked}
+        assert f["/inputs/frames/frames"].shape[0] == 2  # read through the link
+    assert _atoms_csv(path) == runs["reference"]
+
+
+def test_member_maps_of_some_frames_resume_to_the_same_atoms(work, tmp_path, capsys):
+    args = _run_args(work, tmp_path / "every.h5") + ["--set", "store.member_maps_every=2"]
+    assert main(args) == 0
+    full = _atoms_csv(tmp_path / "every.h5")
+    store = RunStore.open(tmp_path / "every.h5", mode="a")
+    maps = "/iterations/iter_001/predict/member_probabilities/member_probabilities"
+    assert store.read_image(maps).shape[1] == 1 and list(store.attrs(maps)["frames"]) == [0]
+    store.discard_from(1, "refiner")  # iteration 1 again, from iteration 0's maps predicted anew
+    assert main(["-q", "run", "--resume", str(tmp_path / "every.h5")]) == 0
+    assert _atoms_csv(tmp_path / "every.h5") == full

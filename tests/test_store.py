@@ -641,3 +641,96 @@ def test_sigkill_mid_stage_leaves_readable_file(tmp_path, kills_after):
     for i, (spec, arrays) in members.items():
         assert spec == {"i": i} and arrays["w"][0] == i
     assert not Path(str(path) + ".tmp").exists()
+
+
+# ---------------------------------------------------------------- part files and precision
+def test_large_images_go_to_part_files_and_read_back(store, monkeypatch):
+    import elit.store.parts as parts
+    from pyNSID.io.hdf_utils import read_h5py_dataset
+
+    monkeypatch.setattr(parts, "PART_ABOVE_BYTES", 64 << 10)
+    big = np.random.default_rng(0).random((4, 1, 96, 96)).astype(np.float32)  # 144 KiB
+    with store.stage(0, "predict", info()) as st:
+        p_big = st.add_image("mean", big, ["frame", "class", "row", "col"], pixel_size=0.2)
+        p_small = st.add_image("small", big[:1, :, :8, :8], ["frame", "class", "row", "col"])
+    folder = store.path.with_name(store.path.name + ".parts")
+    assert len(list(folder.iterdir())) == 1
+    assert store.path.stat().st_size < big.nbytes  # the run file holds a link, not the map
+    np.testing.assert_array_equal(store.read_image(p_big), big)
+    np.testing.assert_array_equal(store.read_image(p_small), big[:1, :, :8, :8])
+    with h5py.File(store.path, "r") as f:
+        assert isinstance(f.get("/iterations/iter_000/predict/mean", getlink=True), h5py.ExternalLink)
+        ds = f[p_big]
+        assert ds.compression == "gzip" and ds.chunks is not None
+        sid = read_h5py_dataset(ds)  # pycroscopy tools read a linked image as any other
+        assert sid.shape == big.shape and sid.quantity == "probability"
+    assert "mean" in store.tree() and "(4, 1, 96, 96)" in store.tree()
+    store.delete_stage(0, "predict")
+    assert list(folder.iterdir()) == []  # the stage's part went with it
+
+
+def test_commit_cost_does_not_grow_with_the_parts(store, monkeypatch):
+    import elit.store.parts as parts
+
+    monkeypatch.setattr(parts, "PART_ABOVE_BYTES", 64 << 10)
+    sizes = []
+    for it in range(3):
+        with store.stage(it, "predict", info()) as st:
+            st.add_image("maps", np.ones((8, 128, 128), np.float32) * it, ["frame", "row", "col"])
+        sizes.append(store.path.stat().st_size)
+    assert sizes[-1] - sizes[0] < 64 << 10  # 512 KiB of maps per stage, a few KiB of run file
+
+
+def test_unlinked_parts_are_swept_by_the_next_writer(store):
+    folder = store.path.with_name(store.path.name + ".parts")
+    folder.mkdir()
+    (folder / "deadbeef.h5").write_bytes(b"left by a crash")
+    (folder / "feedface.h5.tmp").write_bytes(b"half written")
+    RunStore.open(store.path, mode="r")
+    assert len(list(folder.iterdir())) == 2  # readers touch nothing
+    RunStore.open(store.path, mode="a")
+    assert list(folder.iterdir()) == []
+
+
+def test_quantized_maps_round_trip():
+    from elit.errors import ConfigError
+    from elit.store.precision import ProbabilityMaps, dequantize, quantization_label, quantize
+
+    p = np.random.default_rng(1).random((3, 2, 1, 5, 5)).astype(np.float32)
+    q = quantize(p)
+    assert q.dtype == np.uint8 and np.abs(dequantize(q) - p).max() <= 0.5 / 255 + 1e-7
+    np.testing.assert_array_equal(quantize(dequantize(q)), q)  # quantizing again changes nothing
+    assert quantize(np.array([-0.2, 1.3])).tolist() == [0, 255]
+    maps = ProbabilityMaps.empty(p.shape)
+    kept = maps.put(slice(0, 2), p)
+    np.testing.assert_array_equal(kept, dequantize(q))
+    np.testing.assert_array_equal(np.asarray(maps), maps[:, :])
+    assert maps[:, 1:].shape == (3, 1, 1, 5, 5) and maps.nbytes == p.size
+    assert quantization_label(np.uint8) == "uint8/255" and quantization_label(np.float32) == ""
+    assert quantize(p, "float16").dtype == np.float16
+    with pytest.raises(ConfigError, match="precision"):
+        quantize(p, "int4")
+
+
+def test_read_image_dequantizes_stored_probabilities(store):
+    from elit.store.precision import quantize
+
+    p = np.linspace(0, 1, 2 * 16).reshape(2, 1, 4, 4).astype(np.float32)
+    with store.stage(0, "predict", info()) as st:
+        path = st.add_image("mean", quantize(p), ["frame", "class", "row", "col"], quantization="uint8/255")
+    assert store.read_image(path, raw=True).dtype == np.uint8
+    got = store.read_image(path)
+    assert got.dtype == np.float32 and np.abs(got - p).max() <= 0.5 / 255 + 1e-7
+
+
+def test_ensemble_mean_std_of_quantized_maps_equals_the_array_path():
+    from elit.ensemble import Ensemble
+    from elit.store.precision import ProbabilityMaps, quantize
+
+    q = quantize(np.random.default_rng(2).random((4, 40, 1, 6, 6)))
+    maps = ProbabilityMaps(q)
+    for members in (None, [1, 3]):
+        a = Ensemble.mean_std(np.asarray(maps), members)
+        b = Ensemble.mean_std(maps, members)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
