@@ -29,7 +29,8 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 schemas: $(STAMP)
-	$(VENV)/bin/elit schema --out schemas
+	rm -f schemas/*.schema.json
+	$(VENV)/bin/elit schema --out schemas --overwrite
 
 clean:
 	rm -rf $(VENV) elit-demo .pytest_cache

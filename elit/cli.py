@@ -55,19 +55,18 @@ def schemas(registry=None) -> dict[str, dict]:
 def cmd_schema(args) -> int:
     docs = schemas()
     if not args.out:
-        name = "pipeline.schema.json" if not args.stage else None
-        if args.stage:
-            kind, _, sname = args.stage.partition(":")
-            name = f"{kind}.{sname}.schema.json"
-            if name not in docs:
-                raise ElitError(f"no stage {args.stage!r}; use KIND:NAME as listed by `elit plugins`")
+        if not args.stage:  # the pipeline config and every stage's fields, keyed by schema file name
+            print(json.dumps(docs, indent=2, sort_keys=True))
+            return 0
+        kind, _, sname = args.stage.partition(":")
+        name = f"{kind}.{sname}.schema.json"
+        if name not in docs:
+            raise ElitError(f"no stage {args.stage!r}; use KIND:NAME as listed by `elit plugins`")
         print(json.dumps(docs[name], indent=2, sort_keys=True))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.schema.json"):
-        if stale.name not in docs:
-            stale.unlink()
+    _refuse_existing([out / name for name in docs], args.overwrite)
     for name, doc in docs.items():
         (out / name).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(f"wrote {len(docs)} schemas to {out}/")
@@ -113,6 +112,14 @@ def cmd_info(args) -> int:
                                                                   "no signal is an image it can read (see the table)"))
     print(f"elit reads #{chosen.index} {chosen.label()!r}: {why}")
     return 0
+
+
+def _refuse_existing(paths, overwrite: bool) -> None:
+    """Refuse to replace any of ``paths`` without ``--overwrite`` (naming the first few)."""
+    found = [str(p) for p in paths if Path(p).exists()]
+    if found and not overwrite:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ElitError(f"{', '.join(found[:3])}{more} exist(s); pass --overwrite to replace")
 
 
 def _check_output(path: Path, overwrite: bool) -> None:
@@ -195,6 +202,7 @@ def cmd_simulate(args) -> int:
     config = load_config(args.config, recipe=None if args.config else "graphene", overrides=args.set)
     pipeline = Pipeline(config)
     out = Path(args.out)
+    _refuse_existing([out / "simulated.png", out / "augmented.png"], args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     px = config.scale.pixel_size
     ts = pipeline.stages["simulator"].simulate(args.n, np.random.default_rng(derive_seed(config.seed, 0, "simulator")), px)
@@ -242,7 +250,11 @@ def _int_list(text: str, option: str) -> list[int]:
 def cmd_report(args) -> int:
     from elit.report import write_report
 
-    paths = write_report(args.result, Path(args.out), html=args.html)
+    out = Path(args.out)
+    patterns = ("members_iter*.png", "atoms_*.png", "uncertainty_*.png", "detection.png", "selection_iter*.png",
+                "report.html")  # what write_report writes
+    _refuse_existing([p for pat in patterns for p in out.glob(pat)], args.overwrite)
+    paths = write_report(args.result, out, html=args.html)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -252,6 +264,7 @@ def cmd_gallery(args) -> int:
     from elit.report import member_gallery
 
     frames = _int_list(args.frames, "--frames") if args.frames else None
+    _check_output(Path(args.out), args.overwrite)
     path = member_gallery(args.result, Path(args.out), iteration=args.iteration, frames=frames)
     print(f"wrote {path}")
     return 0
@@ -260,7 +273,20 @@ def cmd_gallery(args) -> int:
 def cmd_select(args) -> int:
     from elit.results import continue_with_members
 
+    from elit.store import RunStore
+
     members = _int_list(args.members, "--members")
+    store = RunStore.open(args.result, mode="r")
+    later = [i for i in store.iterations() if i > 0]
+    old = store.read_config().get("selector", {})
+    lost = "iteration 0's selection and prediction" + (
+        f" and iterations {later[0]}..{later[-1]} (refinements, retrained ensembles, predictions)" if later else "")
+    change = (f"the selector changes from {old.get('name', '?')!r} to 'manual' (members {members}) for every "
+              "iteration: later iterations, when rerun, keep the same member indices of their retrained ensembles")
+    if not args.overwrite:
+        raise ElitError(f"elit select rewrites {args.result} in place, discarding {lost}; {change}. "
+                        "Copy the file first to keep it, and pass --overwrite to go ahead")
+    print(f"discarding {lost}; {change}")
     result = continue_with_members(args.result, members)
     _print_summary(result)
     return 0
@@ -299,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print or write JSON Schemas of the config and every stage")
     s.add_argument("--out", help="folder to write every schema into")
     s.add_argument("--stage", help="print one stage's schema, as KIND:NAME")
+    s.add_argument("--overwrite", action="store_true", help="replace schema files already in --out (others are left alone)")
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("info", help="list the signals of an image file (name, shape, dtype, pixel size) and the one elit reads")
@@ -330,10 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML config (default: the graphene recipe)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("-n", type=int, default=8, help="number of pairs to draw")
+    s.add_argument("--overwrite", action="store_true", help="replace simulated.png / augmented.png in --out")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("atoms", help="export the atom table as CSV (frame,x,y,class,probability,uncertainty)")
+    from elit.results import CSV_COLUMNS
+
+    text = f"export the atom table as CSV ({','.join(CSV_COLUMNS)})"
+    s = sub.add_parser("atoms", help=text, description=text[0].upper() + text[1:] + ".")
     s.add_argument("result")
     s.add_argument("--iteration", default="last", help="iteration number or 'last'")
     s.add_argument("--out", required=True)
@@ -357,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("result")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--html", action="store_true", help="also write a self-contained report.html")
+    s.add_argument("--overwrite", action="store_true", help="replace report files already in --out")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("gallery", help="PNG grid of every member's prediction, to choose members by eye")
@@ -364,11 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", help="comma-separated frame indices (default: first, middle, last)")
     s.add_argument("--iteration", type=int, default=0)
     s.add_argument("--out", default="gallery.png")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=cmd_gallery)
 
     s = sub.add_parser("select", help="choose members by hand and continue the run from there")
     s.add_argument("result")
     s.add_argument("--members", required=True, help="comma-separated member indices, e.g. 3,7")
+    s.add_argument("--overwrite", action="store_true",
+                   help="rewrite the run file in place (discards iteration 0's selection and every later iteration)")
     s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("watch", help="analyse image files as they appear in a folder (automated experiments)")
