@@ -27,12 +27,28 @@
     ``agreement``
         F1 of the member's atoms against the atoms of the ensemble's
         pixel-wise median prediction (1 for an ensemble of one).
+    ``separation``
+        1 - the share of blobs that are merged (area above ``merged_area``
+        expected discs) or worm-like (second-moment axis ratio below
+        ``min_axis_ratio``): the artefact of a member that sees atoms in noise.
+    ``density``
+        With ``expected_density``: the atoms found per square Angstrom of the
+        area that holds material (smoothed intensity above the vacuum level),
+        against that density, ``exp(-((n / n_expected - 1) / 0.15)**2 / 2)``.
+        Catches members that miss atoms in noisy frames.  Skipped without it.
 
     Each criterion lies in [0, 1] (higher is better) per member and frame;
     a criterion that cannot be computed in a frame (the member found no atom
     there) is 1 if the median prediction found none either, else 0.  The
     frame score is the weighted mean of the criteria, the member score the
-    mean of its frame scores; the best ``k`` members are kept.
+    mean of its frame scores.
+
+    Members that another member beats on every criterion (Pareto-dominated)
+    are never kept, unless ``k`` asks for more members than the others.  With
+    ``k`` unset, the best member is kept together with every member that is
+    not dominated, scores within ``tolerance`` of it and agrees with it
+    (atom F1 of at least ``min_agreement``): several members where they agree.
+    Why each member was kept or dropped is written into the selection's reasons.
 """
 
 from __future__ import annotations
@@ -48,7 +64,7 @@ from elit.errors import ConfigError, InputError
 from elit.metrics import match_atoms
 from elit.stages import Selector, StageConfig
 
-CRITERIA = ("clarity", "blob_shape", "spacing", "vacuum", "agreement")
+CRITERIA = ("clarity", "blob_shape", "spacing", "vacuum", "agreement", "separation", "density")
 
 
 def _check_predictions(predictions, frames) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +155,20 @@ class AutoSelector(Selector):
     description = "score members by fog, blob shape, spacing, detections in vacuum and agreement; keep the best k"
 
     class Config(StageConfig):
-        k: int = Field(1, description="number of members to keep (all when the ensemble is smaller)", ge=1)
+        k: int | None = Field(
+            None, description="number of members to keep (all when the ensemble is smaller); None: the best member and "
+            "every member that scores within tolerance of it and agrees with it", ge=1,
+        )
+        tolerance: float = Field(0.05, description="with k unset: how far below the best score a kept member may be", ge=0, le=1)
+        min_agreement: float = Field(
+            0.9, description="with k unset: the atom F1 against the best member that a kept member needs", ge=0, le=1
+        )
+        merged_area: float = Field(1.8, description="a blob larger than this many expected discs counts as merged", gt=1)
+        min_axis_ratio: float = Field(0.55, description="a blob whose minor/major axis ratio is below this counts as worm-like", gt=0, lt=1)
+        expected_density: float | None = Field(
+            None, description="expected atoms per square Angstrom of material (graphene 0.382); None skips the density test",
+            gt=0,
+        )
         threshold: float = Field(0.5, description="probability above which a pixel belongs to an atom blob", gt=0, lt=1)
         mask_radius_A: float = Field(
             0.5, description="radius of the disc the networks were trained to draw, Angstrom", gt=0, le=5
@@ -187,13 +216,18 @@ class AutoSelector(Selector):
         parts = [self._criteria(p, f, pixel_size) for p, f in chunks]
         if not parts:
             raise InputError("auto selector: no frames to score")
-        crit = {c: np.concatenate([part[c] for part in parts], axis=1) for c in parts[0]}
+        crit = {c: np.concatenate([part[0][c] for part in parts], axis=1) for c in parts[0][0]}
+        counts = sum(part[1] for part in parts)
         n_members = len(next(iter(crit.values())))
         bond_px = cfg.bond_length_A / pixel_size if cfg.bond_length_A is not None else None
-        return self._decide(crit, n_members, bond_px)
+        return self._decide(crit, n_members, bond_px, counts)
 
-    def _criteria(self, predictions, frames, pixel_size: float) -> dict[str, np.ndarray]:
-        """Each criterion's ``(members, frames)`` scores on a chunk of frames."""
+    def _criteria(self, predictions, frames, pixel_size: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each criterion's ``(members, frames)`` scores on a chunk of frames, and the members' pairwise atom matches.
+
+        The second result, ``(M, M, 3)``, holds for every pair of members the matched
+        atoms and each member's atom count, summed over the chunk's frames.
+        """
         preds, frames = _check_predictions(predictions, frames)
         cfg = self.config
         n_members, n_frames = preds.shape[:2]
@@ -209,15 +243,22 @@ class AutoSelector(Selector):
         )
 
         crit = {c: np.zeros((n_members, n_frames)) for c in CRITERIA}
+        counts = np.zeros((n_members, n_members, 3))
         for f in range(n_frames):
             cons = _blob_geometry(consensus[f], cfg.threshold)
             cons_rc = np.stack([cons["row"], cons["col"]], axis=1)
             dark = float(np.percentile(smooth[f], 1.0))
             geometry = [_blob_geometry(atom_p[m, f], cfg.threshold) for m in range(n_members)]
             members_rc = [np.stack([g["row"], g["col"]], axis=1) for g in geometry]
+            counts += _pair_counts(members_rc, match_px)
             # the typical atom's brightness: at the consensus atoms, else at all members' atoms
             ref_rc = cons_rc if len(cons_rc) else np.concatenate(members_rc)
             ref_level = float(np.median(_sample(smooth[f], ref_rc))) if len(ref_rc) else dark
+            material_area = None
+            if cfg.expected_density is not None:
+                broad = ndimage.gaussian_filter(frames[f].astype(np.float64), max(1.0, 1.0 / pixel_size))
+                material = broad - dark >= cfg.vacuum_fraction * (float(np.median(broad[broad > np.median(broad)])) - dark)
+                material_area = float(material.sum()) * pixel_size**2
             for m in range(n_members):
                 p = atom_p[m, f]
                 g = geometry[m]
@@ -227,11 +268,13 @@ class AutoSelector(Selector):
                 crit["clarity"][m, f] = 1.0 - fog / some if some else float(len(cons_rc) == 0)
                 empty_value = float(len(cons_rc) == 0)
                 if len(rc) == 0:
-                    for c in ("blob_shape", "spacing", "vacuum"):
+                    for c in ("blob_shape", "spacing", "vacuum", "separation"):
                         crit[c][m, f] = empty_value
                 else:
                     size = np.minimum(g["area"] / expected_area, expected_area / g["area"])
                     crit["blob_shape"][m, f] = float(np.mean(size * g["elongation"]))
+                    bad = (g["area"] > cfg.merged_area * expected_area) | (g["elongation"] < cfg.min_axis_ratio)
+                    crit["separation"][m, f] = 1.0 - float(np.mean(bad))
                     nn = _nearest_distance(rc)
                     if bond_px is not None:
                         z = (nn - bond_px) / (cfg.spacing_tolerance * bond_px)
@@ -240,19 +283,25 @@ class AutoSelector(Selector):
                     if bond_px is not None:
                         in_vacuum |= nn > 1.5 * bond_px
                     crit["vacuum"][m, f] = 1.0 - float(np.mean(in_vacuum))
+                if material_area is not None:
+                    expected = cfg.expected_density * material_area
+                    ratio = len(rc) / expected if expected > 0 else float(len(rc) == 0)
+                    crit["density"][m, f] = float(np.exp(-0.5 * ((ratio - 1.0) / 0.15) ** 2))
                 if len(rc) == 0 and len(cons_rc) == 0:
                     crit["agreement"][m, f] = 1.0
                 else:
                     pairs, _ = match_atoms(cons_rc, rc, match_px)
                     crit["agreement"][m, f] = 2 * len(pairs) / (len(cons_rc) + len(rc))
-        return crit
+        return crit, counts
 
-    def _decide(self, crit: dict[str, np.ndarray], n_members: int, bond_px: float | None) -> Selection:
+    def _decide(self, crit: dict[str, np.ndarray], n_members: int, bond_px: float | None, counts: np.ndarray) -> Selection:
         """Weigh the criteria, rank the members and keep the best ``k``."""
         cfg = self.config
         crit = dict(crit)
         if bond_px is None:
             crit.pop("spacing")
+        if cfg.expected_density is None:
+            crit.pop("density")
         weights = {c: float(cfg.weights.get(c, 0.0)) for c in crit}
         total = sum(weights.values())
         if total <= 0:
@@ -260,24 +309,74 @@ class AutoSelector(Selector):
         frame_scores = sum(weights[c] * crit[c] for c in crit) / total
         scores = frame_scores.mean(axis=1)
         criteria = {c: v.mean(axis=1) for c, v in crit.items()}
-        order = np.argsort(-scores, kind="stable")
-        k = min(cfg.k, n_members)
-        chosen = [int(i) for i in order[:k]]
-        reasons = [
-            f"member {m} chosen: score {scores[m]:.3f} (rank {rank + 1} of {n_members}); "
-            + ", ".join(f"{c} {criteria[c][m]:.3f}" for c in criteria)
-            for rank, m in enumerate(chosen)
-        ]
-        if cfg.k > n_members:
-            reasons.append(f"asked for {cfg.k} members but the ensemble has {n_members}: all kept")
-        if k < n_members:
-            worst = int(order[-1])
-            weakest = min(criteria, key=lambda c: criteria[c][worst] if weights[c] > 0 else np.inf)
-            reasons.append(
-                f"member {worst} rejected as worst: score {scores[worst]:.3f}; weakest criterion {weakest} "
-                f"{criteria[weakest][worst]:.3f} (best member {criteria[weakest][chosen[0]]:.3f})"
-            )
+        chosen, reasons = self._choose(scores, criteria, weights, counts)
         return Selection(members=chosen, scores=scores, criteria=criteria, frame_scores=frame_scores, reasons=reasons)
+
+    def _choose(self, scores, criteria, weights, counts) -> tuple[list[int], list[str]]:
+        """Keep the best members (see the module docstring); say why each member was kept or dropped."""
+        cfg = self.config
+        n_members = len(scores)
+        used = [c for c in criteria if weights[c] > 0]
+        table = np.stack([criteria[c] for c in used], axis=1)  # (M, C)
+        dominated_by = {}
+        for m in range(n_members):
+            better = np.all(table >= table[m], axis=1) & np.any(table > table[m], axis=1)
+            if better.any():
+                dominated_by[m] = int(np.flatnonzero(better)[np.argmax(scores[better])])
+        order = [int(i) for i in np.argsort(-scores, kind="stable")]
+        free = [m for m in order if m not in dominated_by]
+        summary = {m: f"score {scores[m]:.3f}; " + ", ".join(f"{c} {criteria[c][m]:.3f}" for c in criteria) for m in order}
+        reasons: dict[int, str] = {}
+        if cfg.k is not None:
+            k = min(cfg.k, n_members)
+            chosen = (free + [m for m in order if m in dominated_by])[:k]
+            for m in order:
+                if m in chosen:
+                    why = f"member {m} kept (rank {order.index(m) + 1} of {n_members}"
+                    why += f", dominated by member {dominated_by[m]}: k={cfg.k} asks for more)" if m in dominated_by else ")"
+                elif m in dominated_by:
+                    why = f"member {m} dropped: member {dominated_by[m]} is as good or better on every criterion"
+                else:
+                    why = f"member {m} dropped: only the best k={cfg.k} are kept"
+                reasons[m] = f"{why}: {summary[m]}"
+            if cfg.k > n_members:
+                reasons[-1] = f"asked for {cfg.k} members but the ensemble has {n_members}: all kept"
+        else:
+            best = free[0]
+            chosen = [best]
+            reasons[best] = f"member {best} kept as the best: {summary[best]}"
+            for m in order:
+                if m == best:
+                    continue
+                if m in dominated_by:
+                    reasons[m] = f"member {m} dropped: member {dominated_by[m]} is as good or better on every criterion: {summary[m]}"
+                    continue
+                if scores[m] < scores[best] - cfg.tolerance:
+                    reasons[m] = f"member {m} dropped: score more than {cfg.tolerance} below the best: {summary[m]}"
+                    continue
+                pairs, n_a, n_b = counts[best, m]
+                agree = 1.0 if n_a + n_b == 0 else 2 * pairs / (n_a + n_b)
+                if agree < cfg.min_agreement:
+                    reasons[m] = f"member {m} dropped: its atoms agree with the best member's at F1 {agree:.3f} < {cfg.min_agreement}: {summary[m]}"
+                    continue
+                chosen.append(m)
+                reasons[m] = f"member {m} kept: within {cfg.tolerance} of the best and agrees with it (F1 {agree:.3f}): {summary[m]}"
+        lines = [reasons[m] for m in chosen] + [reasons[m] for m in order if m not in chosen]
+        if -1 in reasons:
+            lines.append(reasons[-1])
+        return chosen, lines
+
+
+def _pair_counts(members_rc: list[np.ndarray], match_px: float) -> np.ndarray:
+    """``(M, M, 3)``: matched atoms and both members' atom counts for every pair of members in one frame."""
+    n = len(members_rc)
+    out = np.zeros((n, n, 3))
+    for a in range(n):
+        for b in range(a, n):
+            matched = len(members_rc[a]) if a == b else len(match_atoms(members_rc[a], members_rc[b], match_px)[0])
+            out[a, b] = (matched, len(members_rc[a]), len(members_rc[b]))
+            out[b, a] = (matched, len(members_rc[b]), len(members_rc[a]))
+    return out
 
 
 def _nearest_distance(rc: np.ndarray) -> np.ndarray:
