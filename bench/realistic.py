@@ -26,6 +26,7 @@ Use
 ---
     python bench/realistic.py --doses 8e4 --json out.json              # tuning seeds
     python bench/realistic.py --final --json heldout.json              # held-out seeds, every dose
+    python bench/realistic.py --final --reuse-conventional ...         # conventional trained once per dose
     python bench/realistic.py --real                                   # no-collapse check on real images
 """
 
@@ -265,11 +266,30 @@ def iterations_of(result: Path) -> list[tuple[int, str, AtomTable, float | None]
     return out
 
 
-def bench_movie(movie, recipe: str, workdir: Path, sets: list[str], label: str) -> list[dict]:
+def predict_elit(model: Path, frames_npy: Path, out: Path, log: Path) -> float:
+    """``elit predict MODEL frames.npy`` (a trained ensemble applied to new data); returns the wall seconds."""
+    elit = Path(sys.executable).with_name("elit")
+    cmd = [str(elit), "predict", str(model), str(frames_npy), "--pixel-size", "0.1", "--out", str(out), "--overwrite"]
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"elit predict failed ({rc}): {' '.join(cmd)}\n" + "\n".join(log.read_text().splitlines()[-15:]))
+    return time.perf_counter() - t0
+
+
+def bench_movie(movie, recipe: str, workdir: Path, sets: list[str], label: str, model: Path | None = None) -> list[dict]:
+    """Run (or, with ``model``, apply that run's ensemble to) one movie and score every iteration."""
     d = workdir / movie.name / label
     d.mkdir(parents=True, exist_ok=True)
     frames = rd.save_npy(movie, d)
-    wall = run_elit(frames, recipe, d / "r.h5", sets, d / "elit.log")
+    if model is None:
+        wall = run_elit(frames, recipe, d / "r.h5", sets, d / "elit.log")
+    else:
+        wall = predict_elit(model, frames, d / "r.h5", d / "elit.log")
+        sets = [f"predict with {model}"]
     rows = []
     for it, kind, atoms, seconds in iterations_of(d / "r.h5"):
         s = score(movie, atoms)
@@ -325,6 +345,9 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="train the conventional baseline much shorter (see QUICK_CONVENTIONAL)")
     p.add_argument("--skip-conventional", action="store_true")
     p.add_argument("--skip-elit", action="store_true", help="only the conventional baseline")
+    p.add_argument("--reuse-conventional", action="store_true",
+                   help="train the conventional baseline once per dose (on the first seed, noise set to that movie) "
+                   "and apply it to the other seeds with `elit predict`, as a user reuses a trained ensemble")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "elit-realistic")
     p.add_argument("--json", type=Path, help="write every row here")
     p.add_argument("--real", action="store_true", help="no-collapse check on ../shared/data/real instead")
@@ -338,6 +361,7 @@ def main(argv=None) -> None:
     seeds = rd.HELDOUT_SEEDS if args.final else rd.TUNING_SEEDS
     doses = [float(x) for x in args.doses.split(",")]
     rows = []
+    trained: dict[tuple, Path] = {}
     for material in args.materials.split(","):
         for seed in seeds[material]:
             for dose in doses:
@@ -346,8 +370,14 @@ def main(argv=None) -> None:
                 if not args.skip_elit:
                     new += bench_movie(movie, RECIPES[material], args.workdir, list(args.set), "elit")
                 if material == "graphene" and not args.skip_conventional:
-                    sets = conventional_overrides(movie) + (QUICK_CONVENTIONAL if args.quick else [])
-                    new += bench_movie(movie, "conventional", args.workdir, sets, "conv-quick" if args.quick else "conventional")
+                    label = "conv-quick" if args.quick else "conventional"
+                    key = (dose, args.regime, label)
+                    if args.reuse_conventional and key in trained:
+                        new += bench_movie(movie, "conventional", args.workdir, [], label, model=trained[key])
+                    else:
+                        sets = conventional_overrides(movie) + (QUICK_CONVENTIONAL if args.quick else [])
+                        new += bench_movie(movie, "conventional", args.workdir, sets, label)
+                        trained[key] = args.workdir / movie.name / label / "r.h5"
                 print_rows(new)
                 rows += new
                 if args.json:

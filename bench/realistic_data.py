@@ -324,7 +324,7 @@ SPECIMENS = {"graphene": (graphene_specimen, graphene_frame_atoms), "perovskite"
 def _simulate_frame(material: str, seed: int, frame: int) -> tuple[str, int, int, float, float]:
     """Simulate one noise-free HAADF period and save it (runs in a worker process)."""
     try:
-        os.nice(10)
+        os.nice(max(0, 10 - os.nice(0)))  # niceness 10, not 10 more than a parent already niced
     except OSError:
         pass
     from elit_multislice import MultisliceSimulator
