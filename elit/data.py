@@ -3,7 +3,8 @@
 Stages never open files; they receive and return these containers, which hold
 only NumPy arrays and simple Python values.  Images are indexed ``(row, col)``.
 Atom classes are 0-based indices into ``class_names``; label images use ``0``
-for background and ``k + 1`` for atom class ``k``.
+for background, ``k + 1`` for atom class ``k`` and :data:`IGNORE` for pixels
+that no loss may learn from (the ensemble was unsure there).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+IGNORE = 255
+"""Label of pixels left out of the loss (e.g. where the ensemble that made an experimental label was unsure)."""
 
 ATOM_COLUMNS = ("frame", "row", "col", "class_index", "probability", "uncertainty")
 OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity")
@@ -204,9 +208,10 @@ class TrainingSet:
             )
         if len(self.images) == 0:
             raise ValueError("TrainingSet is empty")
-        if self.labels.size and int(self.labels.max()) > len(self.class_names):
+        known = self.labels[self.labels != IGNORE]
+        if known.size and int(known.max()) > len(self.class_names):
             raise ValueError(
-                f"labels hold class {int(self.labels.max())} but only {len(self.class_names)} class names"
+                f"labels hold class {int(known.max())} but only {len(self.class_names)} class names"
             )
 
     def __len__(self) -> int:
@@ -219,7 +224,8 @@ class TrainingSet:
 
     def class_weights(self, power: float = 0.5, max_ratio: float = 50.0) -> np.ndarray:
         """Loss weights per label value (background first) from this set's pixel counts; see :func:`class_weights`."""
-        return class_weights(np.bincount(self.labels.ravel(), minlength=self.n_classes + 1), power, max_ratio)
+        known = self.labels[self.labels != IGNORE]
+        return class_weights(np.bincount(known.ravel(), minlength=self.n_classes + 1), power, max_ratio)
 
     def one_hot(self) -> np.ndarray:
         """Return masks ``(N, n_classes, H, W)`` float32, one channel per atom class."""

@@ -266,6 +266,7 @@ class Pipeline:
 
         working, input_px, factor = self.prepare(frames, pixel_size)
         runner = _Runner(self, rs, working, input_px, factor, device, input_name, on_iteration)
+        runner.raw = np.asarray(frames)[None] if np.ndim(frames) == 2 else np.asarray(frames)
         from elit.executors import make_executor
 
         runner.executor = make_executor(self.config.executor, device=str(device))  # a cluster starts at first use
@@ -335,6 +336,7 @@ class _Runner:
         self.on_iteration = on_iteration
         self.summaries: list[IterationSummary] = []
         self.executor = None  # where ensemble members train (elit.executors); None: here
+        self.raw = None  # the input frames at their own pixel size, for locating atoms on them
 
     # -- helpers
     def seed(self, iteration: int, kind: str) -> int:
@@ -505,6 +507,7 @@ class _Runner:
             )
         members = selection.members if it == 0 else list(range(len(ensemble)))
         mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold, chunk=chunk)
+        atoms, location = self.finish_atoms(atoms)
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
         if not selector_done:
             with self.store.stage(it, "selector", self.p._stage_info("selector", it, seed, used)) as st:
@@ -525,8 +528,33 @@ class _Runner:
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
             write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used, self.cfg.store.member_maps_every)
+            st.add_json("location", location)
         st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
         return st_out
+
+    def finish_atoms(self, atoms: AtomTable) -> tuple[AtomTable, dict[str, Any]]:
+        """Drop faint detections (vacuum) and fit the rest on the raw frames; working pixels in and out."""
+        from elit.vacuum import faint_atoms
+
+        cfg = self.cfg.locate
+        raw = self.raw if self.raw is not None else self.frames
+        raw_px = self.input_px if self.raw is not None else self.px
+        to_raw = 1.0 / self.factor if self.raw is not None else 1.0
+        on_raw = atoms.scaled(to_raw)
+        faint = faint_atoms(raw, on_raw, raw_px, cfg.faint_fraction)
+        record: dict[str, Any] = {"faint_dropped": int(faint.sum()), "faint_fraction": cfg.faint_fraction}
+        if faint.any():
+            log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
+        on_raw = on_raw.select(~faint)
+        if cfg.refine and len(on_raw):
+            from elit.localize import refine_on_frames
+
+            refined = refine_on_frames(raw, on_raw, raw_px)
+            if cfg.positions == "network":  # keep the fit's columns, report the network's positions
+                refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
+            on_raw = refined
+        record["positions"] = cfg.positions if cfg.refine else "network"
+        return on_raw.scaled(1.0 / to_raw), record
 
     def refine(self, it: int, prev: _State, atoms: AtomTable) -> tuple[TrainingSet | None, list[str]]:
         used = [self.path(it - 1, PREDICT, "member_probabilities"), self.path(it - 1, "selector", "selection")]

@@ -255,3 +255,39 @@ def test_devices():
     assert set_threads(None) == before
     assert set_threads(1) == 1
     set_threads(before)
+
+
+@pytest.mark.parametrize("name", ["bce", "dice", "focal", "bce+dice", "ce", "ce+dice"])
+def test_ignored_pixels_do_not_count_in_the_loss(name):
+    """Whatever the network says where the label is IGNORE, the loss is the same."""
+    import torch
+
+    from elit.data import IGNORE
+    from elit.losses import activation_for, make_loss, output_channels
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (2, 8, 8), generator=gen)
+    labels[:, :, 4:] = IGNORE
+    n_out = output_channels(name, 1)
+    z1 = torch.randn(2, n_out, 8, 8, generator=gen)
+    z2 = z1.clone()
+    z2[:, :, :, 4:] = torch.randn(2, n_out, 8, 4, generator=gen) * 10
+    if activation_for(name) == "softmax":
+        target = labels
+    else:
+        target = torch.where(labels == IGNORE, -1.0, (labels == 1).float())[:, None]
+    loss = make_loss(name, 1)
+    assert float(loss(z1, target)) == pytest.approx(float(loss(z2, target)), rel=1e-5)
+
+
+def test_class_weights_make_a_rare_class_count():
+    import torch
+
+    from elit.losses import make_loss
+
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 1, 0, 0] = 1.0  # one pixel of a rare class, predicted wrong
+    z = torch.full((1, 2, 8, 8), -4.0)
+    plain = make_loss("bce", 2)(z, target)
+    weighted = make_loss("bce", 2, class_weights=[1.0, 1.0, 10.0])(z, target)
+    assert float(weighted) > 2 * float(plain)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from elit.data import TrainingSet
+from elit.data import IGNORE, TrainingSet
 from elit.devices import resolve_device, set_threads
 from elit.ensemble import Ensemble, Member, load_matching_state, state_to_arrays
 from elit.errors import ConfigError, InputError
@@ -150,6 +150,10 @@ class MultiSWATrainer(EnsembleTrainer):
             "auto", description="loss; auto = bce+dice for one atom class, ce for several"
         )
         focal_gamma: float = Field(2.0, ge=0, description="focusing parameter of the focal loss")
+        class_balance: float = Field(
+            0.5, ge=0, le=1, description="with several atom classes, weigh each label value by its pixel count ** -this "
+            "(0: unweighted; 0.5: square-root balancing, so 18 Si among 3,000 C still count)",
+        )
         flips: bool = Field(True, description="random flips and 90-degree rotations of training patches")
         threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave torch's setting (all cores)")
         progress: bool | None = Field(None, description="progress bar; None = only when stderr is a terminal")
@@ -184,7 +188,11 @@ class MultiSWATrainer(EnsembleTrainer):
         loss_name = resolve_loss(cfg.loss, n_classes)
         activation = activation_for(loss_name)
         out_ch = output_channels(loss_name, n_classes)
-        make_loss(loss_name, n_classes, cfg.focal_gamma)  # a bad loss setting fails here, not in a worker
+        weights = None
+        if cfg.class_balance > 0 and n_classes > 1:
+            weights = [float(w) for w in training_set.class_weights(power=cfg.class_balance)]
+            log.info("class-balanced loss: weights %s (background first)", [round(w, 2) for w in weights])
+        make_loss(loss_name, n_classes, cfg.focal_gamma, weights)  # a bad loss setting fails here, not in a worker
         completed = dict(completed or {})
         for k in completed:
             if not 0 <= int(k) < cfg.n_members:
@@ -206,6 +214,7 @@ class MultiSWATrainer(EnsembleTrainer):
             "n_classes": n_classes,
             "class_names": tuple(training_set.class_names),
             "loss": loss_name,
+            "class_weights": weights,
             "train": (tr_x, tr_y),
             "val": (val_x, val_y),
             "held_out": bool(held_out),
@@ -257,7 +266,8 @@ class MultiSWATrainer(EnsembleTrainer):
         if activation == "softmax":
             return y.long()
         k = torch.arange(1, n_classes + 1, device=dev, dtype=y.dtype)[None, :, None, None]
-        return (y[:, None] == k).float()
+        target = (y[:, None] == k).float()
+        return torch.where((y == IGNORE)[:, None], torch.full_like(target, -1.0), target)  # -1: left out of the loss
 
     def _train_member(self, ctx: _Context, architecture: Architecture, member_seed: int, init_state, show: bool, label: str) -> Member:
         cfg, dev = ctx.cfg, ctx.dev
@@ -380,11 +390,12 @@ class MultiSWATrainer(EnsembleTrainer):
                 if ctx.activation == "softmax":
                     pred = z.argmax(1)
                     for k in range(ctx.n_classes):
-                        p, t = pred == k + 1, y == k + 1
+                        valid = y != IGNORE
+                        p, t = (pred == k + 1) & valid, y == k + 1
                         inter[k] += float((p & t).sum())
                         union[k] += float((p | t).sum())
                 else:
-                    p, t = z > 0, y > 0.5
+                    p, t = (z > 0) & (y >= 0), y > 0.5
                     inter += (p & t).sum((0, 2, 3)).double().cpu().numpy()
                     union += (p | t).sum((0, 2, 3)).double().cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -431,7 +442,7 @@ def train_member_task(item: tuple, shared: dict) -> dict:
         class_names=shared["class_names"],
         activation=activation,
         out_ch=output_channels(loss_name, n_classes),
-        loss_fn=make_loss(loss_name, n_classes, cfg.focal_gamma),
+        loss_fn=make_loss(loss_name, n_classes, cfg.focal_gamma, shared.get("class_weights")),
         train=shared["train"],
         val=(torch.from_numpy(val_x)[:, None].to(dev), trainer._target(val_y, n_classes, activation, dev)),
     )

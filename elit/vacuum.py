@@ -1,0 +1,74 @@
+"""Atoms found in vacuum: detections whose raw intensity is far below the typical atom's.
+
+Networks that see noise in a hole (a few stray counts clustered together)
+draw an atom there.  A real atom column scatters about as much as its
+neighbours; a noise cluster does not.  :func:`atom_signal` measures every
+atom with a matched filter on the raw frame (a Gaussian-weighted sum of the
+counts at its position) and :func:`faint_atoms` flags those below a fraction
+of their frame's median atom.  On a multislice graphene movie at 2e4 e/A^2
+(0.1 A/px) a cut at 0.4 of the median with a 0.45 A filter removed 53 of 55
+detections in the hole and 9 of about 3,300 true atoms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from elit.data import AtomTable
+from elit.errors import InputError
+
+__all__ = ["atom_signal", "faint_atoms"]
+
+
+def atom_signal(raw_frames, atoms: AtomTable, pixel_size_A: float, sigma_A: float = 0.45) -> np.ndarray:
+    """Matched-filter signal of every atom: the frame smoothed by a Gaussian of ``sigma_A``, at the atom.
+
+    Parameters
+    ----------
+    raw_frames : array_like, shape (N, H, W) or (H, W)
+        The input frames (linear intensity, not resampled).
+    atoms : AtomTable
+        Positions in the pixels of ``raw_frames``.
+    pixel_size_A : float
+        Angstrom per pixel of ``raw_frames``.
+    sigma_A : float
+        Width of the matched filter (about the atom peak's width).
+    """
+    frames = np.asarray(raw_frames, dtype=np.float64)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3:
+        raise InputError(f"raw_frames must be (N, H, W) or (H, W), got shape {frames.shape}")
+    out = np.zeros(len(atoms))
+    sigma_px = max(0.3, sigma_A / pixel_size_A)
+    for f in np.unique(atoms.frame):
+        idx = np.flatnonzero(atoms.frame == f)
+        smooth = ndimage.gaussian_filter(frames[int(f)], sigma_px, mode="nearest")
+        out[idx] = ndimage.map_coordinates(smooth, [atoms.row[idx], atoms.col[idx]], order=1, mode="nearest")
+    return out
+
+
+def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: float, sigma_A: float = 0.45) -> np.ndarray:
+    """Boolean mask of atoms whose signal above the frame's dark level is below ``fraction`` of the median atom's.
+
+    The dark level is the 1st percentile of the smoothed frame (vacuum or the
+    space between atoms), so a constant background does not hide a faint atom.
+    ``fraction`` 0 flags nothing.
+    """
+    if not 0 <= fraction < 1:
+        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
+    flags = np.zeros(len(atoms), dtype=bool)
+    if fraction == 0 or len(atoms) == 0:
+        return flags
+    frames = np.asarray(raw_frames, dtype=np.float64)
+    frames = frames[None] if frames.ndim == 2 else frames
+    signal = atom_signal(frames, atoms, pixel_size_A, sigma_A)
+    sigma_px = max(0.3, sigma_A / pixel_size_A)
+    for f in np.unique(atoms.frame):
+        idx = np.flatnonzero(atoms.frame == f)
+        dark = float(np.percentile(ndimage.gaussian_filter(frames[int(f)], sigma_px, mode="nearest"), 1.0))
+        typical = float(np.median(signal[idx])) - dark
+        if typical > 0:
+            flags[idx] = signal[idx] - dark < fraction * typical
+    return flags
