@@ -406,6 +406,10 @@ class Ensemble:
         budget = PIXEL_BUDGET.get(kind, PIXEL_BUDGET["cpu"])
         if tile is None:
             tile = TILE_DEFAULT.get(kind, 1024) if h * w > budget else 0
+        if batch_size is None and kind == "cpu":
+            # one frame (or tile) per call: oneDNN's summation order depends on the batch, so batching would
+            # make a frame's map depend on how the movie was chunked (locally or in cluster tasks)
+            batch_size = 1
         if batch_size is None:
             px = min(h, tile or h) * min(w, tile or w)
             per_call = max(1, len(idx)) if batched else 1

@@ -170,14 +170,15 @@ def test_pipeline_on_a_scheduler_address_equals_local(cluster, tmp_path):
     from elit.testing import toy_frames
 
     frames = toy_frames(3, 48)[0] * 100 + 7
+    address = cluster.client.scheduler.address
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tasks run with the driver's thread count: the same summation order on both sides
     try:
         local = Pipeline(PIPE).run(frames, store=tmp_path / "local.h5")
+        remote = Pipeline({**PIPE, "executor": {"kind": "dask", "address": address, "frames_per_task": 2}}).run(
+            frames, store=tmp_path / "dask.h5")
     finally:
         torch.set_num_threads(before)
-    address = cluster.client.scheduler.address
-    remote = Pipeline({**PIPE, "executor": {"kind": "dask", "address": address, "frames_per_task": 2}}).run(frames, store=tmp_path / "dask.h5")
     assert RunStore.open(tmp_path / "dask.h5", mode="r").read_config()["executor"]["address"] == address
     for a, b in zip(remote.ensemble.members, local.ensemble.members):
         for k in a.state:
