@@ -187,7 +187,8 @@ def _print_summary(result) -> None:
     print(f"{'iteration':>9}  {'kind':<13} {'atoms':>7}  {'rate':>6}  {'seconds':>8}  members")
     for s in result.iterations:
         rate = "-" if s.detection_rate is None else f"{s.detection_rate:.3f}"
-        print(f"{s.iteration:>9}  {s.kind:<13} {s.n_atoms:>7}  {rate:>6}  {s.seconds:>8.1f}  {s.members}")
+        note = "" if s.accepted else "  (rejected by the guard)"
+        print(f"{s.iteration:>9}  {s.kind:<13} {s.n_atoms:>7}  {rate:>6}  {s.seconds:>8.1f}  {s.members}{note}")
     if result.path:
         print(f"results: {result.path}")
 

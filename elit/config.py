@@ -63,6 +63,21 @@ class IterationConfig(_Strict):
         None, gt=0.0, description="Expected atoms per square Angstrom (graphene 0.382) for the detection rate; None: not reported."
     )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability threshold for locating atoms.")
+    guard: bool = Field(
+        True, description="Keep the previous iteration when a label-free check says a retrained one is worse (elit.guard)."
+    )
+    max_atom_loss: float = Field(
+        0.2, ge=0.0, le=1.0, description="The guard rejects an iteration that loses more than this share of the atoms, "
+        "unless the lost atoms were in vacuum or duplicates.",
+    )
+    max_regularity_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="The guard rejects an iteration whose share of atoms at the lattice's neighbour "
+        "distance falls by more than this.",
+    )
+    min_kept_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="A refinement that keeps fewer than this share of the atoms is not trained on: "
+        "the loop keeps the previous iteration and says so.",
+    )
 
 
 class ConditionsConfig(_Strict):

@@ -50,6 +50,7 @@ class IterationSummary:
     detection_rate: float | None
     members: list[int]
     seconds: float
+    accepted: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -556,12 +557,21 @@ class _Runner:
         record["positions"] = cfg.positions if cfg.refine else "network"
         return on_raw.scaled(1.0 / to_raw), record
 
-    def refine(self, it: int, prev: _State, atoms: AtomTable) -> tuple[TrainingSet | None, list[str]]:
+    def refine(self, it: int, prev: _State, atoms: AtomTable) -> tuple[TrainingSet | None, list[str], bool]:
+        """The refiner's training set, its provenance, and whether it may be trained on.
+
+        A refinement that keeps fewer than ``iterations.min_kept_share`` of the
+        atoms is stored (to be looked at) but refused: a warning, and a guard
+        record that ends the retraining with the previous iteration's atoms.
+        """
         used = [self.path(it - 1, PREDICT, "member_probabilities"), self.path(it - 1, "selector", "selection")]
+        refused = self.stored_guard(it)
+        if refused is not None and refused.get("step") == "refiner":
+            return None, used, False
         if self.done(it, "refiner"):
             if self.done(it, "trainer"):
-                return None, used
-            return _read_training_set(self.store, self.path(it, "refiner", "")), used
+                return None, used, True
+            return _read_training_set(self.store, self.path(it, "refiner", "")), used, True
         seed = self.seed(it, "refiner")
         ref = self.p.stages["refiner"].refine(
             self.frames, prev.predictions, prev.selection, atoms, np.random.default_rng(seed), self.px
@@ -571,7 +581,50 @@ class _Runner:
             st.add_table("kept", ref.kept, used)
             st.add_table("dropped", ref.dropped, used)
             st.add_json("refinement", {"frames_used": ref.frames_used, "reasons": ref.reasons})
-        return ref.training_set, [self.path(it, "refiner", "images")]
+        n_kept, n_all = len(ref.kept), len(ref.kept) + len(ref.dropped)
+        share = n_kept / max(n_all, 1)
+        limit = self.cfg.iterations.min_kept_share
+        if self.cfg.iterations.guard and share < limit:
+            from elit.guard import GuardDecision
+
+            decision = GuardDecision(False, [
+                f"the refiner {self.p.stages['refiner'].name!r} kept {n_kept} of {n_all} atoms ({share:.0%}, less than "
+                f"{limit:.0%}): not trained on; the result stays iteration {it - 1}'s"
+            ] + [r for r in ref.reasons if "could not avoid" in r], {"kept": n_kept, "dropped": n_all - n_kept})
+            self.write_guard(it, decision, "refiner", [self.path(it, "refiner", "kept")])
+            return None, used, False
+        return ref.training_set, [self.path(it, "refiner", "images")], True
+
+    def stored_guard(self, it: int) -> dict[str, Any] | None:
+        """The guard decision stored for iteration ``it``, or None."""
+        if not self.done(it, "guard"):
+            return None
+        return self.store.read_json(self.path(it, "guard", "decision"))
+
+    def write_guard(self, it: int, decision, step: str, used: list[str]) -> None:
+        """Store a guard decision as iteration ``it``'s ``guard`` step; warn when it rejects."""
+        record = {**decision.as_dict(), "step": step}
+        cfg = {k: getattr(self.cfg.iterations, k) for k in ("max_atom_loss", "max_regularity_drop", "min_kept_share")}
+        with self.store.stage(it, "guard", own_step_info("guard", cfg, used)) as st:
+            st.add_json("decision", record)
+        if not decision.accepted:
+            log.warning("iteration %d rejected: %s", it, "; ".join(decision.reasons))
+
+    def judge(self, it: int, prev: _State, new: _State) -> bool:
+        """Whether iteration ``it`` replaces ``prev`` (:func:`elit.guard.judge_iteration`); stored as its guard step."""
+        if not self.cfg.iterations.guard:
+            return True
+        stored = self.stored_guard(it)
+        if stored is not None:
+            return bool(stored["accepted"])
+        from elit.guard import judge_iteration
+
+        c = self.cfg.iterations
+        decision = judge_iteration(prev.atoms, new.atoms, self.px, max_atom_loss=c.max_atom_loss,
+                                   max_regularity_drop=c.max_regularity_drop)
+        used = [self.path(it - 1, PREDICT, "atoms_working"), self.path(it, PREDICT, "atoms_working")]
+        self.write_guard(it, decision, PREDICT, used)
+        return decision.accepted
 
     def classify(self, it: int, atoms: AtomTable) -> AtomTable:
         seed = self.seed(it, "classifier")
@@ -610,31 +663,46 @@ class _Runner:
         state = self.predict(0, ens)
         self.summarize(0, "simulated", state, time.perf_counter() - t0)
 
-        it = 0
+        it, result_it, stopped = 0, 0, False
+        prev = self.summaries[-1]
         for it in range(1, self.cfg.iterations.max_iterations + 1):
             t0 = time.perf_counter()
-            ts, used = self.refine(it, state, state.atoms)
+            ts, used, ok = self.refine(it, state, state.atoms)
+            if not ok:
+                stopped = True
+                break
             init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
             ens = self.train(it, ts, init, used)
             new_state = self.predict(it, ens)
-            prev = self.summaries[-1]
             s = self.summarize(it, "experimental", new_state, time.perf_counter() - t0)
-            state = new_state
+            if not self.judge(it, state, new_state):
+                s.accepted, stopped = False, True
+                break
+            state, result_it = new_state, it
             if self._converged(prev, s):
                 log.info("detection rate stopped improving after iteration %d", it)
                 break
+            prev = s
 
         if self.cfg.iterations.multiclass and self._has("classifier"):
             it += 1
             t0 = time.perf_counter()
             classified = self.classify(it, state.atoms)
-            ts, used = self.refine(it, state, classified)
-            init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
-            ens = self.train(it, ts, init, used)
-            state = self.predict(it, ens)
-            self.summarize(it, "multi-class", state, time.perf_counter() - t0)
+            ts, used, ok = self.refine(it, state, classified)
+            if ok:
+                init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
+                ens = self.train(it, ts, init, used)
+                new_state = self.predict(it, ens)
+                s = self.summarize(it, "multi-class", new_state, time.perf_counter() - t0)
+                if self.judge(it, state, new_state):
+                    state, result_it = new_state, it
+                else:
+                    s.accepted = False
+        if stopped:
+            log.info("retraining stopped at iteration %d by the guard", it)
+        self.report_result(result_it)
 
-        members = state.selection.members if it == 0 else list(range(len(state.ensemble)))
+        members = state.selection.members if result_it == 0 else list(range(len(state.ensemble)))
         mean, std = state.ensemble.mean_std(state.predictions, members)
         self.store.write_summary([s.as_dict() for s in self.summaries])
         return RunResult(
@@ -648,6 +716,18 @@ class _Runner:
             input_pixel_size=self.input_px,
             working_pixel_size=self.px,
         )
+
+    def report_result(self, result_it: int) -> None:
+        """Mark the iteration whose atoms are the result; warn when an earlier one found clearly more."""
+        result = next(s for s in self.summaries if s.iteration == result_it)
+        if result.iteration != self.summaries[-1].iteration:
+            log.warning("the result is iteration %d (%d atoms): later iterations were rejected by the guard and stay "
+                        "in the file for inspection", result_it, result.n_atoms)
+        best = max(self.summaries, key=lambda s: s.n_atoms)
+        if best.n_atoms > 0 and result.n_atoms < 0.95 * best.n_atoms:
+            log.warning("the result (iteration %d) has %d atoms, fewer than iteration %d's %d; the guard judged the "
+                        "loss confirmed (see each iteration's guard step)", result_it, result.n_atoms, best.iteration,
+                        best.n_atoms)
 
     def _converged(self, prev: IterationSummary, cur: IterationSummary) -> bool:
         tol = self.cfg.iterations.min_improvement

@@ -15,12 +15,9 @@ CLASS_COLOURS = ("#00e5ff", "#ff3d00", "#76ff03", "#ffea00", "#d500f9", "#2979ff
 
 
 def _plt():
-    import matplotlib
+    from elit.figures import file_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return file_pyplot()
 
 
 def _default_frames(n: int, frames: list[int] | None) -> list[int]:
@@ -179,7 +176,9 @@ def write_report(result: str | Path, out: Path, html: bool = False, extra_rows: 
     working = _working_frames(store)
     frames = _default_frames(len(working), None)
     paths = [member_gallery(result, out / "members_iter000.png", 0, frames)]
-    last = its[-1]
+    from elit.results import resolve_iteration
+
+    last = resolve_iteration(store, "last")  # the result: rejected iterations are not it
     paths.append(_atoms_overlay(store, last, working, frames, out / "atoms_last.png"))
     if len(its) > 1:
         paths.append(_atoms_overlay(store, 0, working, frames, out / "atoms_iter000.png"))
@@ -209,7 +208,8 @@ def write_html(store, out: Path, figures: list[Path], summary, selections, extra
     rows = "".join(
         f"<tr><td>{s['iteration']}</td><td>{esc(s['kind'])}</td><td>{s['n_atoms']}</td>"
         f"<td>{_fmt(s['detection_rate']) if s['detection_rate'] is not None else '-'}</td>"
-        f"<td>{esc(str(s['members']))}</td><td>{s['seconds']:.1f}</td></tr>"
+        f"<td>{esc(str(s['members']))}</td><td>{s['seconds']:.1f}</td>"
+        f"<td>{'yes' if s.get('accepted', True) else 'rejected by the guard'}</td></tr>"
         for s in (summary or [])
     )
     sel_html = ""
@@ -238,7 +238,7 @@ table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #bbb;pad
 tr.sel{{background:#ffebee}}figure{{display:inline-block;margin:0.5em}}img{{max-width:1050px}}
 pre{{background:#f5f5f5;padding:0.7em;overflow:auto;font-size:12px}}</style></head><body>
 <h1>elit report</h1><p>Run file: <code>{esc(str(store.path))}</code></p>
-<h2>Iterations</h2><table><tr><th>iteration</th><th>kind</th><th>atoms</th><th>detection rate</th><th>members</th><th>seconds</th></tr>{rows}</table>
+<h2>Iterations</h2><table><tr><th>iteration</th><th>kind</th><th>atoms</th><th>detection rate</th><th>members</th><th>seconds</th><th>accepted</th></tr>{rows}</table>
 {extra}<h2>Figures</h2>{figs}<h2>Selection scores</h2>{sel_html}
 <h2>Provenance</h2><pre>{prov}</pre><h2>Configuration</h2><pre>{config}</pre></body></html>"""
     out = Path(out)

@@ -28,13 +28,28 @@ by default; ``x_network, y_network`` the network's; ``position`` says per atom w
 POSITIONS = ("refined", "network")
 
 
+def rejected_iterations(store) -> list[int]:
+    """Iterations that the retraining guard (:mod:`elit.guard`) rejected: they stay in the file, not in the result."""
+    out = []
+    for it in store.iterations():
+        if store.stage_complete(it, "guard"):
+            if not store.read_json(f"/iterations/iter_{it:03d}/guard/decision").get("accepted", True):
+                out.append(it)
+    return out
+
+
 def resolve_iteration(store, iteration: int | str = "last") -> int:
-    """Turn ``"last"`` or a number into an iteration whose prediction step finished."""
+    """Turn ``"last"`` or a number into an iteration whose prediction step finished.
+
+    ``"last"`` is the run's result: the last finished iteration that the guard did not reject.
+    """
     finished = [it for it in store.iterations() if store.stage_complete(it, "predict")]
     if not finished:
         raise StoreError(f"{store.path} holds no finished iteration yet")
     if iteration in ("last", None):
-        return finished[-1]
+        rejected = set(rejected_iterations(store))
+        accepted = [it for it in finished if it not in rejected]
+        return (accepted or finished)[-1]
     try:
         it = int(iteration)
     except (TypeError, ValueError):

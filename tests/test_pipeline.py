@@ -70,8 +70,8 @@ def test_file_holds_every_stage_with_provenance(run):
     path, _, _ = run
     expected = {
         0: {"conditions", "simulator", "augmenter", "trainer", "selector", "predict"},
-        1: {"refiner", "trainer", "selector", "predict"},
-        2: {"classifier", "refiner", "trainer", "selector", "predict"},
+        1: {"refiner", "trainer", "selector", "predict", "guard"},
+        2: {"classifier", "refiner", "trainer", "selector", "predict", "guard"},
     }
     with h5py.File(path, "r") as f:
         assert "config" in f and "environment" in f and "inputs" in f
@@ -86,6 +86,7 @@ def test_file_holds_every_stage_with_provenance(run):
         assert f["iterations/iter_001/refiner"].attrs["plugin"] == "python"
         assert f["iterations/iter_000/simulator"].attrs["plugin"] == "builtins"
         assert f["iterations/iter_000/conditions"].attrs["name"] == "estimate-conditions"
+        assert f["iterations/iter_001/guard"].attrs["name"] == "guard"
 
 
 def test_conditions_are_measured_and_applied(run):

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from elit.atoms import locate_atoms
-from elit.data import AtomTable, Selection
+from elit.data import IGNORE, AtomTable, Selection
 from elit.errors import InputError
 from elit.lattices import graphene_positions
 from elit.masks import disc_masks
@@ -87,7 +87,8 @@ def test_training_set_crops_masks_and_positions_agree(scene):
     ts = ref.training_set
     assert ts.images.shape == (12, 48, 48) and ts.labels.shape == (12, 48, 48)
     assert ts.images.dtype == np.float32 and ts.images.min() >= 0 and ts.images.max() <= 1
-    assert set(np.unique(ts.labels)) <= {0, 1}
+    assert set(np.unique(ts.labels)) <= {0, 1, IGNORE}  # IGNORE: around dropped atoms, left out of the loss
+    assert (ts.labels == IGNORE).any() == (len(ref.dropped) > 0)
     assert ts.pixel_size == PX and ts.class_names == ("atom",)
     # after rotations and flips, every listed atom sits on its disc and on a bright spot
     for s in range(len(ts)):
@@ -120,8 +121,9 @@ def test_avoid_dropped_regions(scene):
         frames, preds, sel, drop_corner, np.random.default_rng(3), PX
     )
     assert len(avoid.dropped) == in_corner(atoms, margin=-8).sum()
-    empty_avoid = np.mean([(lab == 0).all() for lab in avoid.training_set.labels])
-    empty_any = np.mean([(lab == 0).all() for lab in anywhere.training_set.labels])
+    empty_avoid = np.mean([((lab == 0) | (lab == IGNORE)).all() for lab in avoid.training_set.labels])
+    empty_any = np.mean([((lab == 0) | (lab == IGNORE)).all() for lab in anywhere.training_set.labels])
+    assert (anywhere.training_set.labels == IGNORE).any()  # dropped atoms are unsure, not background
     assert empty_avoid == 0 and empty_any > 0
 
 

@@ -12,7 +12,9 @@ Both refiners share the same steps (ELIT method step 6):
    the atoms and keeps the crystal-like cluster; ``uncertainty`` drops atoms
    whose ensemble uncertainty is high.
 3. **Masks.**  Fresh disc label maps (radius ``mask_radius_A``) are drawn at
-   the kept atoms with their classes.  Everything else is background.
+   the kept atoms with their classes.  The discs of dropped atoms (1.5 x the
+   radius) are labelled unsure (:data:`elit.data.IGNORE`) and left out of the
+   loss (``ignore_dropped``); everything else is background.
 4. **Crops.**  ``n_samples`` random square crops of ``crop_A`` with small
    scale jitter, ±90° rotations and flips (image and mask alike; masks are
    redrawn at the transformed positions, so discs stay round) and Gaussian
@@ -32,7 +34,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from elit.atoms import atom_patches
-from elit.data import AtomTable, Refinement, Selection, TrainingSet
+from elit.data import IGNORE, AtomTable, Refinement, Selection, TrainingSet
 from elit.errors import InputError
 from elit.masks import label_map
 from elit.scale import normalize
@@ -57,6 +59,10 @@ class _CommonConfig(StageConfig):
         0.1, description="Gaussian noise with a random std in [0, noise_max] of the normalised range", ge=0, le=1
     )
     avoid_dropped: bool = Field(True, description="avoid crops that lie mostly around dropped atoms")
+    ignore_dropped: bool = Field(
+        True, description="label the discs of dropped atoms (1.5 x mask_radius_A) 'unsure' (255): left out of the loss, "
+        "not taught as background",
+    )
     max_dropped_fraction: float = Field(
         0.1, description="largest share of a crop's area that may lie near dropped atoms", ge=0, le=1
     )
@@ -203,6 +209,12 @@ class _ExperimentRefiner(Refiner):
             pos = np.stack([(t.row - r0) * zoom - 0.5, (t.col - c0) * zoom - 0.5], axis=1)
             cls = t.class_index.copy()
             lab = label_map(pos, cls, (side, side), radius * zoom)
+            if cfg.ignore_dropped and len(dropped):
+                d = dropped.in_frame(used[i])
+                if len(d):
+                    dpos = np.stack([(d.row - r0) * zoom - 0.5, (d.col - c0) * zoom - 0.5], axis=1)
+                    unsure = label_map(dpos, np.zeros(len(d), int), (side, side), 1.5 * radius * zoom) > 0
+                    lab[unsure & (lab == 0)] = IGNORE
             k = int(rng.integers(4)) if cfg.rotate else 0
             flip = bool(rng.integers(2)) if cfg.flip else False
             img, lab, pos = _rot_flip(img, lab, pos, k, flip)
