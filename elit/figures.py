@@ -6,13 +6,17 @@ import os
 
 import numpy as np
 
-__all__ = ["label_colours", "training_gallery"]
+__all__ = ["file_pyplot", "label_colours", "training_gallery"]
 
 
-def _pyplot():
+def file_pyplot():
+    """pyplot for drawing files: Agg unless the caller already chose a backend (a notebook's stays inline)."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
@@ -59,7 +63,7 @@ def training_gallery(training_set, path, n: int = 8, title: str | None = None, d
     str
         The path written.
     """
-    plt = _pyplot()
+    plt = file_pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 

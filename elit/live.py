@@ -1240,12 +1240,12 @@ def drift_figure(live_h5_path, out_png, dpi: int = 110) -> str:
     str
         The PNG path.
     """
-    from elit.figures import _pyplot
+    from elit.figures import file_pyplot
 
     data = read_live(live_h5_path)
     if data.n_frames == 0:
         raise StoreError(f"{live_h5_path} holds no complete frame yet")
-    plt = _pyplot()
+    plt = file_pyplot()
     n = data.n_frames
     x = np.arange(n)
     scores = data.frames["scores"]
