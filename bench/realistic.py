@@ -313,6 +313,9 @@ def print_rows(rows: list[dict]) -> None:
               f"{(r['seconds'] or float('nan')):6.0f}", flush=True)
 
 
+SUFFIX = ", rejected"
+
+
 def real_check(workdir: Path) -> list[dict]:
     """Run the graphene and perovskite recipes on the real images and report atoms per iteration."""
     rows = []
@@ -327,11 +330,28 @@ def real_check(workdir: Path) -> list[dict]:
                 rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
             wall = time.perf_counter() - t0
             counts = [] if rc else [(it, kind, len(a)) for it, kind, a, _ in iterations_of(d / "r.h5")]
-            drops = [b[2] < 0.8 * a[2] for a, b in zip(counts, counts[1:])]
-            row = dict(image=path, recipe=RECIPES[material], rc=rc, wall_s=wall, atoms=counts, drop_over_20pct=any(drops))
+            result_atoms, rejected, guard = None, [], {}
+            if not rc:
+                from elit.results import read_atoms, rejected_iterations
+                from elit.store import RunStore
+
+                store = RunStore.open(d / "r.h5", mode="r")
+                rejected = rejected_iterations(store)
+                guard = {it: store.read_json(f"/iterations/iter_{it:03d}/guard/decision")
+                         for it in store.iterations() if store.stage_complete(it, "guard")}
+                result_atoms = len(read_atoms(d / "r.h5"))
+            # an unconfirmed loss of > 20 % is one that became (or stayed in) the result
+            accepted = [c for c in counts if c[0] not in rejected]
+            drops = [b[2] < 0.8 * a[2] for a, b in zip(accepted, accepted[1:])]
+            row = dict(image=path, recipe=RECIPES[material], rc=rc, wall_s=wall, atoms=counts, rejected=rejected,
+                       result_atoms=result_atoms, guard=guard, drop_over_20pct_in_result=any(drops))
             print(f"{Path(path).name:<30} {RECIPES[material]:<10} rc={rc} atoms per iteration "
-                  f"{' -> '.join(f'{n} ({k})' for _, k, n in counts)}{'  DROP > 20 %' if any(drops) else ''}  {wall:.0f} s",
+                  f"{' -> '.join(f'{n} ({k}{SUFFIX if it in rejected else str()})' for it, k, n in counts)}"
+                  f"; result {result_atoms}{'  DROP > 20 % IN THE RESULT' if any(drops) else ''}  {wall:.0f} s",
                   flush=True)
+            for it, g in guard.items():
+                print(f"    guard iteration {it} ({g.get('step')}): {'accepted' if g['accepted'] else 'REJECTED'}: "
+                      f"{'; '.join(g['reasons'])}", flush=True)
             rows.append(row)
     return rows
 
