@@ -663,20 +663,20 @@ class _Runner:
         state = self.predict(0, ens)
         self.summarize(0, "simulated", state, time.perf_counter() - t0)
 
-        it, result_it, stopped = 0, 0, False
+        it, result_it, stopped = 0, 0, None
         prev = self.summaries[-1]
         for it in range(1, self.cfg.iterations.max_iterations + 1):
             t0 = time.perf_counter()
             ts, used, ok = self.refine(it, state, state.atoms)
             if not ok:
-                stopped = True
+                stopped = it
                 break
             init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
             ens = self.train(it, ts, init, used)
             new_state = self.predict(it, ens)
             s = self.summarize(it, "experimental", new_state, time.perf_counter() - t0)
             if not self.judge(it, state, new_state):
-                s.accepted, stopped = False, True
+                s.accepted, stopped = False, it
                 break
             state, result_it = new_state, it
             if self._converged(prev, s):
@@ -698,8 +698,8 @@ class _Runner:
                     state, result_it = new_state, it
                 else:
                     s.accepted = False
-        if stopped:
-            log.info("retraining stopped at iteration %d by the guard", it)
+        if stopped is not None:
+            log.info("retraining stopped at iteration %d by the guard", stopped)
         self.report_result(result_it)
 
         members = state.selection.members if result_it == 0 else list(range(len(state.ensemble)))
