@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iteration", default="last", help="iteration number or 'last'")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--positions", choices=("refined", "network"), default="refined",
-                   help="x,y: positions refined on the raw frame (default; network's where not refined) or the network's")
+    s.add_argument("--positions", choices=("refined", "network"), default=None,
+                   help="x,y: the run's own choice (locate.positions; default), the positions refined on the raw frame "
+                   "(the network's where not refined) or the network's; x_network,y_network and x_refined,y_refined "
+                   "always hold both")
     s.set_defaults(func=cmd_atoms)
 
     s = sub.add_parser("predict", help="apply a trained ensemble to new data without retraining")

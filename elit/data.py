@@ -17,7 +17,8 @@ IGNORE = 255
 """Label of pixels left out of the loss (e.g. where the ensemble that made an experimental label was unsure)."""
 
 ATOM_COLUMNS = ("frame", "row", "col", "class_index", "probability", "uncertainty")
-OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity")
+OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity", "row_refined",
+                    "col_refined")
 """Float columns an :class:`AtomTable` may carry (None when absent)."""
 
 
@@ -48,6 +49,9 @@ class AtomTable:
         Relative RMS residual of the position fit (NaN where the fit failed).
     intensity : ndarray or None
         Integrated intensity of the atom on the raw frame.
+    row_refined, col_refined : ndarray or None
+        The position fitted on the raw frame (NaN where the fit failed), kept
+        whichever position ``row``, ``col`` report.
     """
 
     frame: np.ndarray
@@ -62,6 +66,8 @@ class AtomTable:
     class_probability: np.ndarray | None = None
     fit_residual: np.ndarray | None = None
     intensity: np.ndarray | None = None
+    row_refined: np.ndarray | None = None
+    col_refined: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frame = np.asarray(self.frame, dtype=np.int64).reshape(-1)
@@ -124,8 +130,11 @@ class AtomTable:
 
         out = self.select(slice(None))
         out.row, out.col = positions_to_working(self.row, self.col, factor)
-        if self.row_network is not None and self.col_network is not None:
-            out.row_network, out.col_network = positions_to_working(self.row_network, self.col_network, factor)
+        for r, c in (("row_network", "col_network"), ("row_refined", "col_refined")):
+            if getattr(self, r) is not None and getattr(self, c) is not None:
+                rr, cc = positions_to_working(getattr(self, r), getattr(self, c), factor)
+                setattr(out, r, rr)
+                setattr(out, c, cc)
         return out
 
     def to_columns(self) -> dict[str, np.ndarray]:

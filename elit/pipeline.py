@@ -551,7 +551,10 @@ class _Runner:
             from elit.localize import refine_on_frames
 
             refined = refine_on_frames(raw, on_raw, raw_px)
-            if cfg.positions == "network":  # keep the fit's columns, report the network's positions
+            fitted = np.isfinite(refined.fit_residual) if refined.fit_residual is not None else np.ones(len(refined), bool)
+            refined.row_refined = np.where(fitted, refined.row, np.nan)  # both positions are kept
+            refined.col_refined = np.where(fitted, refined.col, np.nan)
+            if cfg.positions == "network":  # report the network's positions; the fit's stay in *_refined
                 refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
             on_raw = refined
         record["positions"] = cfg.positions if cfg.refine else "network"

@@ -15,14 +15,16 @@ log = logging.getLogger("elit")
 
 CSV_COLUMNS = (
     "frame", "x", "y", "class", "probability", "uncertainty", "class_name",
-    "x_network", "y_network", "position", "class_probability",
+    "x_network", "y_network", "position", "class_probability", "x_refined", "y_refined",
 )
 """Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels.
 
-``x, y`` are the refined positions (a Gaussian fit on the raw frame, :mod:`elit.localize`)
-by default; ``x_network, y_network`` the network's; ``position`` says per atom which of them
-``x, y`` are (``refined``, or ``network`` where there was no fit or it failed).
-``class_probability`` is the classifier's probability of the class (empty when unknown).
+``x, y`` are the positions the run reports (``locate.positions``), or those asked for with
+``--positions``: ``refined`` (a Gaussian fit on the raw frame, :mod:`elit.localize`) or
+``network`` (the ensemble's); ``position`` says per atom which of them ``x, y`` are (``network``
+where there was no fit or it failed).  ``x_network, y_network`` and ``x_refined, y_refined``
+always hold both (the refined ones empty where there was no fit).  ``class_probability`` is the
+classifier's probability of the class (empty when unknown).
 """
 
 POSITIONS = ("refined", "network")
@@ -68,31 +70,45 @@ def read_atoms(result: str | Path, iteration: int | str = "last") -> AtomTable:
     return store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
 
 
-def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str = "refined") -> int:
+def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = None) -> int:
     """Write an atom table as CSV with :data:`CSV_COLUMNS`; return the number of rows.
 
-    ``positions="network"`` writes the network's positions as ``x, y`` even where refined ones exist.
+    ``positions`` chooses ``x, y``: None keeps the table's own (what the run reports),
+    ``"refined"`` the raw-frame fit where there is one (else the network's), ``"network"`` the network's.
     """
-    if positions not in POSITIONS:
+    if positions is not None and positions not in POSITIONS:
         raise StoreError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
+    n = len(atoms)
     has_net = atoms.row_network is not None and atoms.col_network is not None
     net_r = atoms.row_network if has_net else atoms.row
     net_c = atoms.col_network if has_net else atoms.col
-    refined = np.zeros(len(atoms), dtype=bool)
-    if has_net:
-        fitted = np.isfinite(atoms.fit_residual) if atoms.fit_residual is not None else np.ones(len(atoms), bool)
-        refined = fitted & ((atoms.row != net_r) | (atoms.col != net_c))
+    if atoms.row_refined is not None and atoms.col_refined is not None:
+        ref_r, ref_c = atoms.row_refined, atoms.col_refined
+    elif has_net:  # tables written before both positions were kept: row, col were the fit's where it differed
+        fitted = np.isfinite(atoms.fit_residual) if atoms.fit_residual is not None else np.ones(n, bool)
+        moved = fitted & ((atoms.row != net_r) | (atoms.col != net_c))
+        ref_r, ref_c = np.where(moved, atoms.row, np.nan), np.where(moved, atoms.col, np.nan)
+    else:
+        ref_r = ref_c = np.full(n, np.nan)
+    has_fit = np.isfinite(ref_r) & np.isfinite(ref_c)
     if positions == "network":
-        rows, cols, refined = net_r, net_c, np.zeros(len(atoms), dtype=bool)
+        rows, cols, refined = net_r, net_c, np.zeros(n, dtype=bool)
+    elif positions == "refined":
+        rows, cols, refined = np.where(has_fit, ref_r, net_r), np.where(has_fit, ref_c, net_c), has_fit
     else:
         rows, cols = atoms.row, atoms.col
+        refined = has_fit & (rows == ref_r) & (cols == ref_c) & ((ref_r != net_r) | (ref_c != net_c))
     cprob = atoms.class_probability
+
+    def num(v: float, fmt: str = ".3f") -> str:
+        return format(v, fmt) if np.isfinite(v) else ""
+
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
-        for i in range(len(atoms)):
+        for i in range(n):
             k = int(atoms.class_index[i])
             w.writerow(
                 [
@@ -106,15 +122,17 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str = "refined
                     f"{net_c[i]:.3f}",
                     f"{net_r[i]:.3f}",
                     "refined" if refined[i] else "network",
-                    f"{cprob[i]:.4f}" if cprob is not None and np.isfinite(cprob[i]) else "",
+                    num(cprob[i], ".4f") if cprob is not None else "",
+                    num(ref_c[i]),
+                    num(ref_r[i]),
                 ]
             )
     tmp.replace(out)
-    return len(atoms)
+    return n
 
 
 def export_atoms_csv(result: str | Path, out: str | Path, iteration: int | str = "last",
-                     positions: str = "refined") -> int:
+                     positions: str | None = None) -> int:
     """Write the atoms of one iteration of a run file as CSV; return the number of atoms."""
     return write_atoms_csv(read_atoms(result, iteration), out, positions=positions)
 

@@ -186,3 +186,25 @@ def test_csv_says_which_positions_x_y_are(tmp_path):
     write_atoms_csv(t, tmp_path / "n.csv", positions="network")
     rows = list(csv.DictReader(open(tmp_path / "n.csv")))
     assert float(rows[0]["y"]) == 1.0 and {r["position"] for r in rows} == {"network"}
+
+
+def test_csv_keeps_both_positions_when_the_run_reports_the_networks(tmp_path):
+    import csv
+
+    from elit.data import AtomTable
+    from elit.results import write_atoms_csv
+
+    # what the pipeline stores with locate.positions=network: row, col = network; the fit in *_refined
+    t = AtomTable([0, 0], [1.0, 2.0], [4.5, 5.0], [0, 0], [0.9, 0.8], [0.1, 0.2], class_names=("C",),
+                  row_network=[1.0, 2.0], col_network=[4.5, 5.0], fit_residual=[0.1, np.nan],
+                  row_refined=[1.5, np.nan], col_refined=[4.0, np.nan])
+    assert np.allclose(t.scaled(2.0).row_refined[:1], [3.5])  # positions_to_working: (r + 0.5) * f - 0.5
+    write_atoms_csv(t, tmp_path / "run.csv")
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert [r["position"] for r in rows] == ["network", "network"]
+    assert float(rows[0]["y"]) == 1.0 and float(rows[0]["y_refined"]) == 1.5 and float(rows[0]["x_refined"]) == 4.0
+    assert rows[1]["x_refined"] == "" and rows[1]["y_refined"] == ""  # the fit failed
+    write_atoms_csv(t, tmp_path / "refined.csv", positions="refined")
+    rows = list(csv.DictReader(open(tmp_path / "refined.csv")))
+    assert [r["position"] for r in rows] == ["refined", "network"]
+    assert float(rows[0]["y"]) == 1.5 and float(rows[1]["y"]) == 2.0
