@@ -108,6 +108,55 @@ def _atoms_overlay(store, it: int, working: np.ndarray, frames: list[int], out: 
     return out
 
 
+def _quality(store, it: int, frames: list[int], out: Path) -> tuple[Path, dict]:
+    """The label-free checks (:func:`elit.quality.quality_summary`) as one figure, and the summary."""
+    from elit.config import PipelineConfig
+    from elit.pipeline import prepare_frames
+    from elit.quality import quality_summary
+
+    config = PipelineConfig.model_validate(store.read_config())
+    raw, px, _ = store.read_input("frames")
+    _, input_px, _ = prepare_frames(raw, px, config.scale)
+    atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
+    bond = 1.42 if config.scale.lattice == "graphene" else None
+    q = quality_summary(atoms, input_px, bond_A=bond)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
+    edges, counts = np.asarray(q["nn_histogram"]["edges"]), np.asarray(q["nn_histogram"]["counts"])
+    axes[0].bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#607d8b")
+    if bond:
+        axes[0].axvspan(0.85 * bond, 1.15 * bond, color="#00e5ff", alpha=0.25, label=f"{bond} Å ± 15 %")
+        axes[0].legend(fontsize=8)
+    share = q["three_neighbour_share"]
+    axes[0].set_xlabel("nearest-neighbour distance (Å)")
+    axes[0].set_ylabel("atoms")
+    axes[0].set_title(f"median {q['nn_median_A']:.3f} Å" + (f"; three neighbours at the bond: {share:.1%}"
+                                                           if share is not None else ""), fontsize=9)
+    f = frames[0]
+    frame = raw[f] if raw.ndim == 3 else raw
+    axes[1].imshow(frame, cmap="gray")
+    a = atoms.in_frame(f)
+    axes[1].scatter(a.col, a.row, s=3, c="#00e5ff", alpha=0.6, label="atoms")
+    dop = [d for d in q["dopants"] if d["frame"] == f]
+    if dop:
+        axes[1].scatter([d["x"] for d in dop], [d["y"] for d in dop], s=60, facecolors="none", edgecolors="#ff3d00",
+                        linewidths=1.5, label=f"not {q['majority_class']} ({len(dop)})")
+    vac = [v for v in q["vacuum"] if v["frame"] == f]
+    if vac:
+        axes[1].scatter([v["x"] for v in vac], [v["y"] for v in vac], s=60, marker="x", c="#ffea00",
+                        label=f"in vacuum ({len(vac)})")
+    axes[1].legend(loc="upper right", fontsize=7)
+    axes[1].set_title(f"frame {f}: dopants and atoms in vacuum (all frames: {len(q['dopants'])}, {q['n_vacuum']})",
+                      fontsize=9)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    fig.suptitle(f"Label-free checks, iteration {it}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out, q
+
+
 def _uncertainty(store, it: int, frames: list[int], out: Path) -> Path:
     std = store.read_image(f"/iterations/iter_{it:03d}/predict/uncertainty")
     names = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working").class_names
@@ -183,6 +232,7 @@ def write_report(result: str | Path, out: Path, html: bool = False, extra_rows: 
     if len(its) > 1:
         paths.append(_atoms_overlay(store, 0, working, frames, out / "atoms_iter000.png"))
     paths.append(_uncertainty(store, last, frames, out / "uncertainty_last.png"))
+    paths.append(_quality(store, last, frames, out / "quality_last.png")[0])
     summary = store.read_summary()
     if summary:
         paths.append(_detection(summary, out / "detection.png"))

@@ -51,3 +51,26 @@ def test_frames_are_checked_separately():
     assert np.allclose(nearest_neighbour_distances(both, PX), 1.42, atol=0.01)
     assert len(quality_summary(both, PX)["three_neighbour_share_per_frame"]) == 2
     assert quality_summary(AtomTable.empty(), PX)["three_neighbour_share"] is None
+
+
+def test_report_draws_the_label_free_checks(tmp_path):
+    """`elit report` writes quality_last.png: neighbour distances, dopants, atoms in vacuum."""
+    from elit.experiments import graphene_movie
+    from elit.pipeline import Pipeline
+    from elit.report import write_report
+
+    movie = graphene_movie(n_frames=1, size=64, pixel_size=0.2, seed=1)
+    cfg = {
+        "seed": 0, "device": "cpu", "scale": {"pixel_size": 0.2},
+        "iterations": {"max_iterations": 0, "n_simulated": 2, "multiclass": False},
+        "simulator": {"name": "graphene", "params": {"image_size": 48}},
+        "augmenter": {"name": "standard", "params": {"crop_size": 32}},
+        "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
+        "trainer": {"name": "multi-swa", "params": {"n_members": 2, "steps": 2, "batch_size": 2, "patch_size": 32,
+                                                      "progress": False}},
+        "selector": {"name": "auto", "params": {"k": 1}},
+    }
+    Pipeline(cfg).run(movie.frames, pixel_size=0.2, store=tmp_path / "run.h5")
+    paths = write_report(tmp_path / "run.h5", tmp_path / "report")
+    assert tmp_path / "report" / "quality_last.png" in paths
+    assert (tmp_path / "report" / "quality_last.png").stat().st_size > 10_000
