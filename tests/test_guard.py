@@ -70,21 +70,6 @@ def test_an_equal_or_better_iteration_is_accepted():
 
 
 # --------------------------------------------------------------------------------- in the pipeline
-TINY = {
-    "seed": 3,
-    "device": "cpu",
-    "scale": {"pixel_size": 0.2, "input_pixel_size": 0.2},
-    "iterations": {"min_improvement": 0.0, "n_simulated": 4},
-    "simulator": {"name": "graphene", "params": {"image_size": 48}},
-    "augmenter": {"name": "standard", "params": {"crop_size": 32}},
-    "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
-    "trainer": {
-        "name": "multi-swa",
-        "params": {"n_members": 2, "steps": 4, "batch_size": 2, "patch_size": 32, "min_steps": 0, "eval_every": 2,
-                   "val_patches": 2, "bn_batches": 2, "progress": False},
-    },
-    "selector": {"name": "auto", "params": {"k": 1}},
-}
 
 
 class BlankRefiner(elit.Refiner):
@@ -125,8 +110,10 @@ def frames():
 
 
 def _config(**iterations):
-    cfg = {**TINY, "iterations": {**TINY["iterations"], "multiclass": False, "max_iterations": 2, **iterations}}
-    cfg["trainer"] = {"name": "multi-swa", "params": {**TINY["trainer"]["params"], "steps": 12, "warm_steps": 12}}
+    from elit.testing import tiny_config
+
+    cfg = tiny_config(**{"max_iterations": 2, **iterations})
+    cfg["trainer"]["params"].update(steps=12, warm_steps=12)
     return cfg
 
 

@@ -8,24 +8,9 @@ from pydantic import Field
 import elit
 from elit.data import AtomTable, Refinement, TrainingSet
 from elit.pipeline import Pipeline, derive_seed
-from elit.testing import toy_frames, toy_training_set
+from elit.testing import tiny_config, toy_frames, toy_training_set
 
-TINY = {
-    "seed": 3,
-    "device": "cpu",
-    "scale": {"pixel_size": 0.2, "input_pixel_size": 0.2},
-    "iterations": {"max_iterations": 1, "min_improvement": 0.0, "n_simulated": 4, "multiclass": True},
-    "simulator": {"name": "graphene", "params": {"image_size": 48}},
-    "augmenter": {"name": "standard", "params": {"crop_size": 32}},
-    "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
-    "trainer": {
-        "name": "multi-swa",
-        "params": {"n_members": 2, "steps": 4, "batch_size": 2, "patch_size": 32, "min_steps": 0, "eval_every": 2,
-                   "val_patches": 2, "bn_batches": 2, "progress": False},
-    },
-    "selector": {"name": "auto", "params": {"k": 1}},
-    "classifier": {"name": "intensity"},
-}
+TINY = {**tiny_config(max_iterations=1, multiclass=True), "classifier": {"name": "intensity"}}
 
 
 class TruthRefiner(elit.Refiner):

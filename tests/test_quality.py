@@ -60,16 +60,9 @@ def test_report_draws_the_label_free_checks(tmp_path):
     from elit.report import write_report
 
     movie = graphene_movie(n_frames=1, size=64, pixel_size=0.2, seed=1)
-    cfg = {
-        "seed": 0, "device": "cpu", "scale": {"pixel_size": 0.2},
-        "iterations": {"max_iterations": 0, "n_simulated": 2, "multiclass": False},
-        "simulator": {"name": "graphene", "params": {"image_size": 48}},
-        "augmenter": {"name": "standard", "params": {"crop_size": 32}},
-        "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
-        "trainer": {"name": "multi-swa", "params": {"n_members": 2, "steps": 2, "batch_size": 2, "patch_size": 32,
-                                                      "progress": False}},
-        "selector": {"name": "auto", "params": {"k": 1}},
-    }
+    from elit.testing import tiny_config
+
+    cfg = tiny_config(seed=0, max_iterations=0)
     Pipeline(cfg).run(movie.frames, pixel_size=0.2, store=tmp_path / "run.h5")
     paths = write_report(tmp_path / "run.h5", tmp_path / "report")
     assert tmp_path / "report" / "quality_last.png" in paths

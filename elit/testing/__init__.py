@@ -18,7 +18,7 @@ import numpy as np
 from elit.data import AtomTable, Selection, TrainingSet
 from elit.stages import STAGE_KINDS, Stage, StageConfig
 
-__all__ = ["check_stage", "check_config", "toy_frames", "toy_training_set", "no_file_io"]
+__all__ = ["check_stage", "check_config", "tiny_config", "toy_frames", "toy_training_set", "no_file_io"]
 
 
 def _library_read(args, kwargs) -> bool:
@@ -83,6 +83,28 @@ def toy_training_set(n: int = 2, size: int = 48) -> TrainingSet:
     for f, r, c in zip(atoms.frame, atoms.row, atoms.col):
         labels[f][(rr - r) ** 2 + (cc - c) ** 2 <= 4.0] = 1
     return TrainingSet(frames, labels, ("atom",), 0.2, atoms)
+
+
+def tiny_config(seed: int = 3, **iterations: Any) -> dict[str, Any]:
+    """A pipeline config that runs in seconds on 48 px frames at 0.2 A/px (2 tiny members, a few steps).
+
+    ``iterations`` update the ``iterations`` section (e.g. ``max_iterations=2``).
+    """
+    return {
+        "seed": seed,
+        "device": "cpu",
+        "scale": {"pixel_size": 0.2, "input_pixel_size": 0.2},
+        "iterations": {"min_improvement": 0.0, "n_simulated": 4, "multiclass": False, **iterations},
+        "simulator": {"name": "graphene", "params": {"image_size": 48}},
+        "augmenter": {"name": "standard", "params": {"crop_size": 32}},
+        "architecture": {"name": "compact-unet", "params": {"base_filters": 4, "depth": 2}},
+        "trainer": {
+            "name": "multi-swa",
+            "params": {"n_members": 2, "steps": 4, "batch_size": 2, "patch_size": 32, "min_steps": 0, "eval_every": 2,
+                       "val_patches": 2, "bn_batches": 2, "progress": False},
+        },
+        "selector": {"name": "auto", "params": {"k": 1}},
+    }
 
 
 def check_config(cls: type[Stage], params: dict[str, Any] | None = None) -> Stage:
