@@ -160,12 +160,12 @@ class _ExperimentRefiner(Refiner):
             reasons.append(f"frames ({h}x{w} px) smaller than crop_A: crops of {side} px")
         norm = normalize(frames[used].astype(np.float32))
         kept_pos = [kept.in_frame(f) for f in used]
+        dropped_pos = [dropped.in_frame(f) for f in used]
         avoid = None
         if cfg.avoid_dropped and len(dropped):
             # pixels within one bond-ish distance (3 disc radii) of a dropped atom
             avoid = np.zeros((len(used), h, w), dtype=bool)
-            for i, f in enumerate(used):
-                d = dropped.in_frame(f)
+            for i, d in enumerate(dropped_pos):
                 if len(d):
                     avoid[i] = label_map(d.positions(), np.zeros(len(d), int), (h, w), 3 * radius) > 0
             # integral images give the avoided share of any window in O(1)
@@ -206,15 +206,14 @@ class _ExperimentRefiner(Refiner):
                 norm[i], np.meshgrid(rows, cols, indexing="ij"), order=1, mode="reflect"
             ).astype(np.float32)
             t = kept_pos[i]
-            pos = np.stack([(t.row - r0) * zoom - 0.5, (t.col - c0) * zoom - 0.5], axis=1)
+            pos = _crop_positions(t, r0, c0, zoom)
             cls = t.class_index.copy()
             lab = label_map(pos, cls, (side, side), radius * zoom)
-            if cfg.ignore_dropped and len(dropped):
-                d = dropped.in_frame(used[i])
-                if len(d):
-                    dpos = np.stack([(d.row - r0) * zoom - 0.5, (d.col - c0) * zoom - 0.5], axis=1)
-                    unsure = label_map(dpos, np.zeros(len(d), int), (side, side), 1.5 * radius * zoom) > 0
-                    lab[unsure & (lab == 0)] = IGNORE
+            d = dropped_pos[i]
+            if cfg.ignore_dropped and len(d):
+                unsure = label_map(_crop_positions(d, r0, c0, zoom), np.zeros(len(d), int), (side, side),
+                                   1.5 * radius * zoom) > 0
+                lab[unsure & (lab == 0)] = IGNORE
             k = int(rng.integers(4)) if cfg.rotate else 0
             flip = bool(rng.integers(2)) if cfg.flip else False
             img, lab, pos = _rot_flip(img, lab, pos, k, flip)
@@ -244,6 +243,11 @@ class _ExperimentRefiner(Refiner):
             atoms=AtomTable.concatenate(tables, class_names=kept.class_names),
             metadata={"source": "experiment", "frames_used": list(used), "refiner": self.name},
         )
+
+
+def _crop_positions(atoms: AtomTable, r0: float, c0: float, zoom: float) -> np.ndarray:
+    """``(n, 2)`` positions of ``atoms`` in a crop whose edge sits at ``(r0, c0)``, zoomed by ``zoom``."""
+    return np.stack([(atoms.row - r0) * zoom - 0.5, (atoms.col - c0) * zoom - 0.5], axis=1)
 
 
 def _rot_flip(img: np.ndarray, lab: np.ndarray, pos: np.ndarray, k: int, flip: bool):
