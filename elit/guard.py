@@ -45,17 +45,16 @@ class GuardDecision:
         return {"accepted": self.accepted, "reasons": list(self.reasons), "checks": dict(self.checks)}
 
 
-def _typical_distance(atoms: AtomTable, pixel_size_A: float) -> float:
-    d = nearest_neighbour_distances(atoms, pixel_size_A)
-    return float(np.nanmedian(d)) if np.isfinite(d).any() else float("nan")
+def _share_near(distances: np.ndarray, typical_A: float, tol: float) -> float:
+    """Share of ``distances`` within ``tol`` (relative) of ``typical_A`` (0 for none or an unknown typical)."""
+    if len(distances) == 0 or not np.isfinite(typical_A):
+        return 0.0
+    return float(np.mean(np.abs(distances - typical_A) <= tol * typical_A))
 
 
 def regular_share(atoms: AtomTable, pixel_size_A: float, typical_A: float, tol: float = 0.15) -> float:
     """Share of atoms whose nearest neighbour lies within ``tol`` (relative) of ``typical_A``."""
-    if len(atoms) == 0 or not np.isfinite(typical_A):
-        return 0.0
-    d = nearest_neighbour_distances(atoms, pixel_size_A)
-    return float(np.mean(np.abs(d - typical_A) <= tol * typical_A))
+    return _share_near(nearest_neighbour_distances(atoms, pixel_size_A), typical_A, tol)
 
 
 def _lost(prev: AtomTable, new: AtomTable, radius_px: float) -> np.ndarray:
@@ -108,7 +107,8 @@ def judge_iteration(
     reasons: list[str] = []
     if n_prev == 0:
         return GuardDecision(True, ["the previous iteration found no atoms"], checks)
-    typical = _typical_distance(prev, pixel_size_A)
+    d_prev = nearest_neighbour_distances(prev, pixel_size_A)
+    typical = float(np.nanmedian(d_prev)) if np.isfinite(d_prev).any() else float("nan")
     checks["typical_distance_A"] = None if not np.isfinite(typical) else round(typical, 4)
     accepted = True
 
@@ -117,7 +117,6 @@ def judge_iteration(
     if loss > max_atom_loss:
         radius = 0.5 * typical / pixel_size_A if np.isfinite(typical) else 3.0
         lost = _lost(prev, new, radius)
-        d_prev = nearest_neighbour_distances(prev, pixel_size_A)
         implausible = vacuum_atoms(prev, pixel_size_A) | (d_prev < duplicate_factor * typical)
         share = float(implausible[lost].mean()) if lost.any() else 1.0
         checks["lost_atoms"] = int(lost.sum())
@@ -134,7 +133,7 @@ def judge_iteration(
                 f"{share:.0%} of the lost ones were implausible (vacuum, duplicates): not confirmed"
             )
 
-    before = regular_share(prev, pixel_size_A, typical, tol)
+    before = _share_near(d_prev, typical, tol)
     after = regular_share(new, pixel_size_A, typical, tol)
     checks["regular_share_before"], checks["regular_share_after"] = round(before, 4), round(after, 4)
     if after < before - max_regularity_drop:
