@@ -10,14 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from elit.errors import StoreError
+from elit.figures import file_pyplot
 
 CLASS_COLOURS = ("#00e5ff", "#ff3d00", "#76ff03", "#ffea00", "#d500f9", "#2979ff")
-
-
-def _plt():
-    from elit.figures import file_pyplot
-
-    return file_pyplot()
 
 
 def _default_frames(n: int, frames: list[int] | None) -> list[int]:
@@ -29,14 +24,19 @@ def _default_frames(n: int, frames: list[int] | None) -> list[int]:
     return sorted({0, n // 2, n - 1})
 
 
-def _working_frames(store):
+def _run_frames(store):
+    """``(config, raw frames, working frames, input pixel size)`` of a run file."""
     from elit.config import PipelineConfig
     from elit.pipeline import prepare_frames
 
     config = PipelineConfig.model_validate(store.read_config())
     raw, px, _ = store.read_input("frames")
-    working, _, _ = prepare_frames(raw, px, config.scale)
-    return working
+    working, input_px, _ = prepare_frames(raw, px, config.scale)
+    return config, raw, working, input_px
+
+
+def _working_frames(store):
+    return _run_frames(store)[2]
 
 
 def member_gallery(result: str | Path, out: Path, iteration: int = 0, frames: list[int] | None = None) -> Path:
@@ -56,7 +56,7 @@ def member_gallery(result: str | Path, out: Path, iteration: int = 0, frames: li
     working = _working_frames(store)
     cols = _default_frames(preds.shape[1], frames)
     n_members = preds.shape[0]
-    plt = _plt()
+    plt = file_pyplot()
     size = 2.2
     fig, axes = plt.subplots(n_members + 1, len(cols), figsize=(max(size * len(cols), 5.5), size * (n_members + 1)), squeeze=False)
     for j, f in enumerate(cols):
@@ -86,7 +86,7 @@ def member_gallery(result: str | Path, out: Path, iteration: int = 0, frames: li
 def _atoms_overlay(store, it: int, working: np.ndarray, frames: list[int], out: Path) -> Path:
     atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working")
     mean = store.read_image(f"/iterations/iter_{it:03d}/predict/mean")
-    plt = _plt()
+    plt = file_pyplot()
     fig, axes = plt.subplots(2, len(frames), figsize=(max(3.2 * len(frames), 5.5), 6.4), squeeze=False)
     for j, f in enumerate(frames):
         axes[0, j].imshow(working[f], cmap="gray")
@@ -108,19 +108,15 @@ def _atoms_overlay(store, it: int, working: np.ndarray, frames: list[int], out: 
     return out
 
 
-def _quality(store, it: int, frames: list[int], out: Path) -> tuple[Path, dict]:
+def _quality(store, it: int, raw: np.ndarray, input_px: float, lattice: str, frames: list[int],
+             out: Path) -> tuple[Path, dict]:
     """The label-free checks (:func:`elit.quality.quality_summary`) as one figure, and the summary."""
-    from elit.config import PipelineConfig
-    from elit.pipeline import prepare_frames
     from elit.quality import quality_summary
 
-    config = PipelineConfig.model_validate(store.read_config())
-    raw, px, _ = store.read_input("frames")
-    _, input_px, _ = prepare_frames(raw, px, config.scale)
     atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
-    bond = 1.42 if config.scale.lattice == "graphene" else None
+    bond = 1.42 if lattice == "graphene" else None
     q = quality_summary(atoms, input_px, bond_A=bond)
-    plt = _plt()
+    plt = file_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
     edges, counts = np.asarray(q["nn_histogram"]["edges"]), np.asarray(q["nn_histogram"]["counts"])
     axes[0].bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#607d8b")
@@ -160,7 +156,7 @@ def _quality(store, it: int, frames: list[int], out: Path) -> tuple[Path, dict]:
 def _uncertainty(store, it: int, frames: list[int], out: Path) -> Path:
     std = store.read_image(f"/iterations/iter_{it:03d}/predict/uncertainty")
     names = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working").class_names
-    plt = _plt()
+    plt = file_pyplot()
     k = std.shape[1]
     fig, axes = plt.subplots(k, len(frames), figsize=(max(3.2 * len(frames), 5.5), 3.0 * k), squeeze=False)
     vmax = float(np.percentile(std, 99.9)) or 1.0
@@ -178,7 +174,7 @@ def _uncertainty(store, it: int, frames: list[int], out: Path) -> Path:
 
 
 def _detection(summary: list[dict], out: Path) -> Path:
-    plt = _plt()
+    plt = file_pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for s in summary:
         ax.plot(s["atoms_per_frame"], marker="o", ms=3, label=f"iteration {s['iteration']} ({s['kind']})")
@@ -197,7 +193,7 @@ def _selection_scores(store, it: int, out: Path) -> tuple[Path, dict]:
     meta = store.read_json(f"{base}/selection")
     scores = store.read_array(f"{base}/scores")
     criteria = {c: store.read_array(f"{base}/criteria/{c}") for c in meta.get("criteria", [])}
-    plt = _plt()
+    plt = file_pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     x = np.arange(len(scores))
     colours = ["#c62828" if m in meta["members"] else "#90a4ae" for m in x]
@@ -222,7 +218,7 @@ def write_report(result: str | Path, out: Path, html: bool = False, extra_rows: 
         raise StoreError(f"{result} holds no finished iteration to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    working = _working_frames(store)
+    config, raw, working, input_px = _run_frames(store)
     frames = _default_frames(len(working), None)
     paths = [member_gallery(result, out / "members_iter000.png", 0, frames)]
     from elit.results import resolve_iteration
@@ -232,7 +228,7 @@ def write_report(result: str | Path, out: Path, html: bool = False, extra_rows: 
     if len(its) > 1:
         paths.append(_atoms_overlay(store, 0, working, frames, out / "atoms_iter000.png"))
     paths.append(_uncertainty(store, last, frames, out / "uncertainty_last.png"))
-    paths.append(_quality(store, last, frames, out / "quality_last.png")[0])
+    paths.append(_quality(store, last, raw, input_px, config.scale.lattice, frames, out / "quality_last.png")[0])
     summary = store.read_summary()
     if summary:
         paths.append(_detection(summary, out / "detection.png"))
