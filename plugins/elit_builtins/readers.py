@@ -76,7 +76,7 @@ class SignalReader:
 def rsciio_read(module: str, path: Path, **options) -> list[dict]:
     """``rsciio.<module>.file_reader(path, lazy=True)``: the file's signal dicts, data not read yet."""
     try:
-        file_reader = _RSCIIO_READERS[module]()
+        file_reader = _rsciio_file_reader(module)
     except ImportError as exc:
         raise InputError(f"{path}: reading this format needs rosettasciio ({exc}); pip install rosettasciio") from None
     with warnings.catch_warnings():
@@ -84,32 +84,27 @@ def rsciio_read(module: str, path: Path, **options) -> list[dict]:
         return file_reader(str(path), **{"lazy": True, **options})
 
 
-def _rsciio_reader(module: str):
+def _rsciio_file_reader(module: str):
     """``rsciio.<module>.file_reader``, imported only when a file of that format is read."""
-
-    def load():
-        if module == "emd":
-            from rsciio.emd import file_reader
-        elif module == "tia":
-            from rsciio.tia import file_reader
-        elif module == "mrc":
-            from rsciio.mrc import file_reader
-        elif module == "digitalmicrograph":
-            from rsciio.digitalmicrograph import file_reader
-        elif module == "hspy":
-            from rsciio.hspy import file_reader
-        elif module == "zspy":
-            from rsciio.zspy import file_reader
-        elif module == "tiff":
-            from rsciio.tiff import file_reader
-        else:  # "image"
-            from rsciio.image import file_reader
-        return file_reader
-
-    return load
-
-
-_RSCIIO_READERS = {m: _rsciio_reader(m) for m in ("emd", "tia", "mrc", "digitalmicrograph", "hspy", "zspy", "tiff", "image")}
+    if module == "emd":
+        from rsciio.emd import file_reader
+    elif module == "tia":
+        from rsciio.tia import file_reader
+    elif module == "mrc":
+        from rsciio.mrc import file_reader
+    elif module == "digitalmicrograph":
+        from rsciio.digitalmicrograph import file_reader
+    elif module == "hspy":
+        from rsciio.hspy import file_reader
+    elif module == "zspy":
+        from rsciio.zspy import file_reader
+    elif module == "tiff":
+        from rsciio.tiff import file_reader
+    elif module == "image":
+        from rsciio.image import file_reader
+    else:
+        raise ValueError(f"no rosettasciio reader is wired for {module!r}")
+    return file_reader
 
 
 def rsciio_signals(dicts: list[dict], library: str) -> list[Signal]:
