@@ -103,6 +103,11 @@ class LocateConfig(_Strict):
         "network", description="Which position x, y report: the ensemble's (network) or the Gaussian fit's (refined); "
         "on multislice graphene at 2e4-8e4 e/A^2 the network's were the more accurate.",
     )
+    classify: bool = Field(
+        False, description="Give the atoms of every single-class ensemble their classes with the classifier stage on "
+        "the raw frames (e.g. C and Si, or a perovskite's A and B sites); the loop still trains on one class. A "
+        "multi-class ensemble's atoms keep the network's classes.",
+    )
 
 
 class DataConfig(_Strict):

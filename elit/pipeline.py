@@ -558,7 +558,22 @@ class _Runner:
                 refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
             on_raw = refined
         record["positions"] = cfg.positions if cfg.refine else "network"
+        if cfg.classify and self._has("classifier") and len(on_raw.class_names) == 1:
+            classifier = self.p.stages["classifier"]
+            on_raw = classifier.classify(raw, on_raw, raw_px)
+            record["classifier"] = {"name": classifier.name, "config": classifier.config.model_dump(mode="json")}
         return on_raw.scaled(1.0 / to_raw), record
+
+    @staticmethod
+    def as_trained(atoms: AtomTable, ensemble) -> AtomTable:
+        """``atoms`` in the classes of the ``ensemble`` that found them (one class when ``locate.classify`` named them)."""
+        if tuple(atoms.class_names) == tuple(ensemble.class_names) or len(ensemble.class_names) != 1:
+            return atoms
+        out = atoms.select(slice(None))
+        out.class_names = tuple(ensemble.class_names)
+        out.class_index = np.zeros(len(out), dtype=np.int64)
+        out.class_probability = None
+        return out
 
     def refine(self, it: int, prev: _State, atoms: AtomTable) -> tuple[TrainingSet | None, list[str], bool]:
         """The refiner's training set, its provenance, and whether it may be trained on.
@@ -670,7 +685,7 @@ class _Runner:
         prev = self.summaries[-1]
         for it in range(1, self.cfg.iterations.max_iterations + 1):
             t0 = time.perf_counter()
-            ts, used, ok = self.refine(it, state, state.atoms)
+            ts, used, ok = self.refine(it, state, self.as_trained(state.atoms, state.ensemble))
             if not ok:
                 stopped = it
                 break

@@ -164,3 +164,33 @@ def test_report_and_gallery_figures(run, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(Exception, match="do not exist"):
         member_gallery(path, tmp_path / "g.png", iteration=0, frames=[9])
+
+
+def test_locate_classify_names_atoms_and_trains_one_class(tmp_path):
+    """With ``locate.classify`` every iteration's atoms get the classifier's classes on the raw frames,
+    while the loop still trains a single-class ensemble on them."""
+    from elit.results import read_atoms
+
+    seen_classes = []
+
+    class RecordingRefiner(TruthRefiner):
+        name = "recording"
+
+        def refine(self, frames, predictions, selection, atoms, rng, pixel_size):
+            seen_classes.append(tuple(atoms.class_names))
+            return super().refine(frames, predictions, selection, atoms, rng, pixel_size)
+
+    cfg = {**tiny_config(max_iterations=1), "classifier": {"name": "relative", "params": {"class_names": ["C", "Si"]}},
+           "locate": {"classify": True}}
+    frames, _ = toy_frames(2, 48)
+    result = Pipeline(cfg, refiner=RecordingRefiner()).run(frames * 100 + 7, store=tmp_path / "r.h5")
+    trained = result.ensemble.class_names
+    assert len(trained) == 1 and trained != ("C", "Si") and result.mean.shape[1] == 1
+    assert seen_classes == [trained]  # the refiner was given the ensemble's one class
+    for it in (0, 1):
+        atoms = read_atoms(tmp_path / "r.h5", it)
+        assert atoms.class_names == ("C", "Si") and len(atoms) > 0
+        assert atoms.class_probability is not None and np.all(np.isfinite(atoms.class_probability))
+    again = Pipeline(cfg, refiner=RecordingRefiner()).stages["classifier"].classify(
+        frames * 100 + 7, read_atoms(tmp_path / "r.h5"), 0.2)
+    np.testing.assert_array_equal(again.class_index, result.atoms.class_index)
