@@ -534,35 +534,11 @@ class _Runner:
         return st_out
 
     def finish_atoms(self, atoms: AtomTable) -> tuple[AtomTable, dict[str, Any]]:
-        """Drop faint detections (vacuum) and fit the rest on the raw frames; working pixels in and out."""
-        from elit.vacuum import faint_atoms
-
-        cfg = self.cfg.locate
+        """:func:`finish_atoms` on this run's raw frames (working pixels in and out)."""
         raw = self.raw if self.raw is not None else self.frames
         raw_px = self.input_px if self.raw is not None else self.px
-        to_raw = 1.0 / self.factor if self.raw is not None else 1.0
-        on_raw = atoms.scaled(to_raw)
-        faint = faint_atoms(raw, on_raw, raw_px, cfg.faint_fraction)
-        record: dict[str, Any] = {"faint_dropped": int(faint.sum()), "faint_fraction": cfg.faint_fraction}
-        if faint.any():
-            log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
-        on_raw = on_raw.select(~faint)
-        if cfg.refine and len(on_raw):
-            from elit.localize import refine_on_frames
-
-            refined = refine_on_frames(raw, on_raw, raw_px)
-            fitted = np.isfinite(refined.fit_residual) if refined.fit_residual is not None else np.ones(len(refined), bool)
-            refined.row_refined = np.where(fitted, refined.row, np.nan)  # both positions are kept
-            refined.col_refined = np.where(fitted, refined.col, np.nan)
-            if cfg.positions == "network":  # report the network's positions; the fit's stay in *_refined
-                refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
-            on_raw = refined
-        record["positions"] = cfg.positions if cfg.refine else "network"
-        if cfg.classify and self._has("classifier") and len(on_raw.class_names) == 1:
-            classifier = self.p.stages["classifier"]
-            on_raw = classifier.classify(raw, on_raw, raw_px)
-            record["classifier"] = {"name": classifier.name, "config": classifier.config.model_dump(mode="json")}
-        return on_raw.scaled(1.0 / to_raw), record
+        classifier = self.p.stages["classifier"] if self._has("classifier") else None
+        return finish_atoms(atoms, raw, raw_px, self.px, self.cfg.locate, classifier)
 
     @staticmethod
     def as_trained(atoms: AtomTable, ensemble) -> AtomTable:
@@ -743,9 +719,10 @@ class _Runner:
                         "in the file for inspection", result_it, result.n_atoms)
         best = max(self.summaries, key=lambda s: s.n_atoms)
         if best.n_atoms > 0 and result.n_atoms < 0.95 * best.n_atoms:
-            log.warning("the result (iteration %d) has %d atoms, fewer than iteration %d's %d; the guard judged the "
-                        "loss confirmed (see each iteration's guard step)", result_it, result.n_atoms, best.iteration,
-                        best.n_atoms)
+            why = ("the guard judged the loss confirmed (see each iteration's guard step)" if self.cfg.iterations.guard
+                   else "the guard is off (iterations.guard)")
+            log.warning("the result (iteration %d) has %d atoms, fewer than iteration %d's %d; %s", result_it,
+                        result.n_atoms, best.iteration, best.n_atoms, why)
 
     def _converged(self, prev: IterationSummary, cur: IterationSummary) -> bool:
         tol = self.cfg.iterations.min_improvement
@@ -775,6 +752,53 @@ def own_step_info(name: str, config: dict[str, Any], used: list[str], seed: int 
         "seed": seed,
         "used": used,
     }
+
+
+def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate, classifier=None):
+    """Drop faint detections (vacuum), fit the rest on the raw frames, and classify them there.
+
+    Parameters
+    ----------
+    atoms : AtomTable
+        Located in the working pixels (``working_px`` Angstrom per pixel).
+    raw : ndarray, shape (N, H, W)
+        The frames at their own pixel size ``raw_px``.
+    locate : LocateConfig
+        ``faint_fraction``, ``refine``, ``positions`` and ``classify``.
+    classifier : Classifier or None
+        Names the classes of a single-class table when ``locate.classify`` is on.
+
+    Returns
+    -------
+    atoms : AtomTable
+        In working pixels.
+    record : dict
+        What was done (stored as the predict step's ``location``).
+    """
+    from elit.vacuum import faint_atoms
+
+    to_raw = working_px / raw_px
+    on_raw = atoms.scaled(to_raw)
+    faint = faint_atoms(raw, on_raw, raw_px, locate.faint_fraction)
+    record: dict[str, Any] = {"faint_dropped": int(faint.sum()), "faint_fraction": locate.faint_fraction}
+    if faint.any():
+        log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
+    on_raw = on_raw.select(~faint)
+    if locate.refine and len(on_raw):
+        from elit.localize import refine_on_frames
+
+        refined = refine_on_frames(raw, on_raw, raw_px)
+        fitted = np.isfinite(refined.fit_residual) if refined.fit_residual is not None else np.ones(len(refined), bool)
+        refined.row_refined = np.where(fitted, refined.row, np.nan)  # both positions are kept
+        refined.col_refined = np.where(fitted, refined.col, np.nan)
+        if locate.positions == "network":  # report the network's positions; the fit's stay in *_refined
+            refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
+        on_raw = refined
+    record["positions"] = locate.positions if locate.refine else "network"
+    if locate.classify and classifier is not None and len(on_raw.class_names) == 1:
+        on_raw = classifier.classify(raw, on_raw, raw_px)
+        record["classifier"] = {"name": classifier.name, "config": classifier.config.model_dump(mode="json")}
+    return on_raw.scaled(1.0 / to_raw), record
 
 
 def combine_members(ensemble, preds, members: list[int] | None, threshold: float, chunk: int = 32):

@@ -159,7 +159,8 @@ def predict_file(
 ) -> int:
     """Apply a run's trained ensemble to new data and write a prediction file; return the atom count."""
     from elit.devices import resolve_device
-    from elit.pipeline import combine_members, predict_step_info, prepare_frames, write_predictions
+    from elit.config import build_stages
+    from elit.pipeline import combine_members, finish_atoms, predict_step_info, prepare_frames, write_predictions
     from elit.readers import read_image
     from elit.store import RunStore
 
@@ -169,6 +170,11 @@ def predict_file(
     dev = resolve_device(device or config.device)
     preds = ensemble.predict(working, device=dev, progress=True)
     mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold)
+    specs = {k: v for k, v in config.stage_specs().items() if k == "classifier"}
+    classifier = build_stages(specs).get("classifier") if config.locate.classify else None
+    raw = np.asarray(image.frames, dtype=np.float32)
+    atoms, location = finish_atoms(atoms, raw[None] if raw.ndim == 2 else raw, input_px, config.scale.pixel_size,
+                                   config.locate, classifier)
     store = RunStore.create(out, overwrite=overwrite)
     cfg = config.model_dump(mode="json")
     cfg["scale"]["input_pixel_size"] = input_px
@@ -180,6 +186,7 @@ def predict_file(
     )
     with store.stage(0, "predict", info) as st:
         write_predictions(st, preds, mean, std, atoms, config.scale.pixel_size, factor, used)
+        st.add_json("location", location)
     return len(atoms)
 
 

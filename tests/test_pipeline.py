@@ -194,3 +194,24 @@ def test_locate_classify_names_atoms_and_trains_one_class(tmp_path):
     again = Pipeline(cfg, refiner=RecordingRefiner()).stages["classifier"].classify(
         frames * 100 + 7, read_atoms(tmp_path / "r.h5"), 0.2)
     np.testing.assert_array_equal(again.class_index, result.atoms.class_index)
+
+
+def test_predict_file_finishes_atoms_as_the_run_did(tmp_path):
+    """`elit predict` with a run's last ensemble on the run's own frames gives the run's atoms: the same
+    vacuum filter, fit on the raw frames and classes."""
+    from elit.results import predict_file, read_atoms
+
+    cfg = {**tiny_config(max_iterations=1, guard=False),
+           "classifier": {"name": "relative", "params": {"class_names": ["C", "Si"]}}, "locate": {"classify": True}}
+    frames, _ = toy_frames(2, 48)
+    np.save(tmp_path / "f.npy", (frames * 100 + 7).astype(np.float32))
+    Pipeline(cfg, refiner=TruthRefiner()).run(frames * 100 + 7, store=tmp_path / "r.h5")
+    ran = read_atoms(tmp_path / "r.h5", 1)
+    assert predict_file(tmp_path / "r.h5", str(tmp_path / "f.npy"), tmp_path / "p.h5", iteration=1,
+                        pixel_size=0.2, device="cpu") == len(ran)
+    again = read_atoms(tmp_path / "p.h5")
+    assert again.class_names == ("C", "Si") and ran.row_refined is not None
+    np.testing.assert_array_equal(again.frame, ran.frame)
+    np.testing.assert_array_equal(again.class_index, ran.class_index)
+    for name in ("row", "col", "row_refined", "col_refined"):  # the run located on its uint8-stored maps
+        np.testing.assert_allclose(getattr(again, name), getattr(ran, name), atol=0.02, err_msg=name)
