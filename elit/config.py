@@ -142,6 +142,18 @@ class StoreConfig(_Strict):
     member_maps_every: int = Field(
         1, ge=1, le=1_000_000, description="Store every member's map for every n-th frame only (1: all frames); mean, uncertainty and atoms are kept for all."
     )
+    member_maps_frames: int = Field(
+        64, ge=0, le=1_000_000, description="Store every member's map for at most this many frames, evenly spaced "
+        "(0: no limit); bounds the file of a long movie. With member_maps_every the larger step wins.",
+    )
+
+    def member_map_step(self, n_frames: int) -> int:
+        """Every how many frames the member maps are stored, for a movie of ``n_frames``."""
+        step = self.member_maps_every
+        if self.member_maps_frames:
+            step = max(step, -(-n_frames // self.member_maps_frames))
+        return max(1, step)
+
     frames_per_chunk: int = Field(32, ge=1, le=100_000, description="Frames predicted, scored and located at a time (bounds the memory).")
 
 

@@ -528,7 +528,8 @@ class _Runner:
                     st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
-            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used, self.cfg.store.member_maps_every)
+            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used,
+                              self.cfg.store.member_map_step(len(self.frames)))
             st.add_json("location", location)
         st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
         return st_out

@@ -300,3 +300,18 @@ def test_member_maps_of_some_frames_resume_to_the_same_atoms(work, tmp_path, cap
     store.discard_from(1, "refiner")  # iteration 1 again, from iteration 0's maps predicted anew
     assert main(["-q", "run", "--resume", str(tmp_path / "every.h5")]) == 0
     assert _atoms_csv(tmp_path / "every.h5") == full
+
+
+def test_member_maps_are_kept_for_at_most_member_maps_frames(work, tmp_path):
+    """The cap thins the stored member maps of a long movie (here 2 frames, at most 1 kept)."""
+    from elit.config import StoreConfig
+
+    assert StoreConfig().member_map_step(6) == 1 and StoreConfig().member_map_step(1000) == 16
+    assert StoreConfig(member_maps_frames=0).member_map_step(1000) == 1
+    assert StoreConfig(member_maps_every=20).member_map_step(1000) == 20
+    args = _run_args(work, tmp_path / "cap.h5") + ["--set", "store.member_maps_frames=1"]
+    assert main(args) == 0
+    store = RunStore.open(tmp_path / "cap.h5")
+    maps = "/iterations/iter_000/predict/member_probabilities/member_probabilities"
+    assert store.read_image(maps).shape[1] == 1 and list(store.attrs(maps)["frames"]) == [0]
+    assert store.read_image("/iterations/iter_000/predict/mean/mean").shape[0] == 2
