@@ -640,9 +640,12 @@ class _Runner:
             rate = float(np.mean(counts) / (density * area))
         members = state.selection.members if it == 0 else list(range(len(state.ensemble)))
         s = IterationSummary(it, kind, int(len(state.atoms)), counts, rate, members, round(seconds, 2))
+        names = state.atoms.class_names
+        per_class = np.bincount(state.atoms.class_index, minlength=len(names)) if len(names) > 1 else []
+        classes = f" ({', '.join(f'{int(n)} {c}' for n, c in zip(per_class, names))})" if len(per_class) else ""
         log.info(
-            "iteration %d (%s): %d atoms%s, members %s, %.1f s",
-            it, kind, s.n_atoms, "" if rate is None else f", detection rate {rate:.3f}", members, seconds,
+            "iteration %d (%s): %d atoms%s%s, members %s, %.1f s",
+            it, kind, s.n_atoms, classes, "" if rate is None else f", detection rate {rate:.3f}", members, seconds,
         )
         self.summaries.append(s)
         if self.on_iteration is not None:
