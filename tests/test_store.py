@@ -734,3 +734,21 @@ def test_ensemble_mean_std_of_quantized_maps_equals_the_array_path():
         b = Ensemble.mean_std(maps, members)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_whole_number_inputs_are_stored_as_integers_and_read_back_exactly(tmp_path):
+    """Counts given as floats take uint8/uint16 in the file; read_input gives the same floats back."""
+    import h5py
+
+    counts = np.random.default_rng(0).poisson(3.0, (2, 16, 16)).astype(np.float32)
+    counts[0, 0, 0] = 300.0
+    fractional = counts + 0.5
+    s = RunStore.create(tmp_path / "r.h5")
+    s.write_input("frames", counts, 0.1)
+    s.write_input("other", fractional, 0.1)
+    back, _, _ = s.read_input("frames")
+    assert back.dtype == np.float32 and np.array_equal(back, counts)
+    again, _, _ = s.read_input("other")
+    assert again.dtype == np.float32 and np.array_equal(again, fractional)
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["inputs/frames/frames"].dtype == np.uint16 and f["inputs/other/other"].dtype == np.float32
