@@ -402,7 +402,7 @@ def test_nsid_from_run_file(tmp_path):
 
     run = tmp_path / "run.h5"
     store = RunStore.create(run)
-    frames = ramp(n=2)
+    frames = ramp(n=2) + np.float32(0.25)  # not whole numbers: stays float32 (counts are stored as uint8/uint16)
     store.write_input("frames", frames, 0.2)
     d = read(f"{run}:/inputs/frames")
     np.testing.assert_array_equal(d.frames, frames)
