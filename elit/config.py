@@ -146,6 +146,7 @@ class StoreConfig(_Strict):
         64, ge=0, le=1_000_000, description="Store every member's map for at most this many frames, evenly spaced "
         "(0: no limit); bounds the file of a long movie. With member_maps_every the larger step wins.",
     )
+    frames_per_chunk: int = Field(32, ge=1, le=100_000, description="Frames predicted, scored and located at a time (bounds the memory).")
 
     def member_map_step(self, n_frames: int) -> int:
         """Every how many frames the member maps are stored, for a movie of ``n_frames``."""
@@ -153,8 +154,6 @@ class StoreConfig(_Strict):
         if self.member_maps_frames:
             step = max(step, -(-n_frames // self.member_maps_frames))
         return max(1, step)
-
-    frames_per_chunk: int = Field(32, ge=1, le=100_000, description="Frames predicted, scored and located at a time (bounds the memory).")
 
 
 class PipelineConfig(_Strict):

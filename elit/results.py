@@ -170,11 +170,10 @@ def predict_file(
     dev = resolve_device(device or config.device)
     preds = ensemble.predict(working, device=dev, progress=True)
     mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold)
-    specs = {k: v for k, v in config.stage_specs().items() if k == "classifier"}
-    classifier = build_stages(specs).get("classifier") if config.locate.classify else None
-    raw = np.asarray(image.frames, dtype=np.float32)
-    atoms, location = finish_atoms(atoms, raw[None] if raw.ndim == 2 else raw, input_px, config.scale.pixel_size,
-                                   config.locate, classifier)
+    classifier = None
+    if config.locate.classify and config.classifier is not None:
+        classifier = build_stages({"classifier": config.classifier})["classifier"]
+    atoms, location = finish_atoms(atoms, image.frames, input_px, config.scale.pixel_size, config.locate, classifier)
     store = RunStore.create(out, overwrite=overwrite)
     cfg = config.model_dump(mode="json")
     cfg["scale"]["input_pixel_size"] = input_px

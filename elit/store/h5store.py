@@ -1267,4 +1267,3 @@ def _as_exact_integers(arr: np.ndarray) -> np.ndarray:
     if top > 65535:
         return arr
     return arr.astype(np.uint8 if top <= 255 else np.uint16)
-
