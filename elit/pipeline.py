@@ -494,7 +494,7 @@ class _Runner:
         if self.done(it, PREDICT) and self.done(it, "selector"):
             st_out.predictions = self._stored_maps(it, ensemble)
             st_out.selection = _read_selection(self.store, self.path(it, "selector", ""))
-            st_out.atoms = self.store.read_table(self.path(it, PREDICT, "atoms_working"))
+            st_out.atoms = read_working_atoms(self.store, self.path(it, PREDICT, ""))
             return st_out
         preds = self._member_maps(ensemble)
         seed = self.seed(it, "selector")
@@ -528,8 +528,8 @@ class _Runner:
                     st.add_array("frame_scores", np.asarray(selection.frame_scores, dtype=np.float64))
         used = used + [self.path(it, "selector", "selection")]
         with self.store.stage(it, PREDICT, self.p._stage_info(PREDICT, it, 0, used)) as st:
-            write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used,
-                              self.cfg.store.member_map_step(len(self.frames)))
+            atoms = write_predictions(st, preds, mean, std, atoms, self.px, self.factor, used,
+                                      self.cfg.store.member_map_step(len(self.frames)))
             st.add_json("location", location)
         st_out.predictions, st_out.selection, st_out.atoms = preds, selection, atoms
         return st_out
@@ -617,13 +617,13 @@ class _Runner:
         c = self.cfg.iterations
         decision = judge_iteration(prev.atoms, new.atoms, self.px, max_atom_loss=c.max_atom_loss,
                                    max_regularity_drop=c.max_regularity_drop)
-        used = [self.path(it - 1, PREDICT, "atoms_working"), self.path(it, PREDICT, "atoms_working")]
+        used = [self.path(it - 1, PREDICT, "atoms"), self.path(it, PREDICT, "atoms")]
         self.write_guard(it, decision, PREDICT, used)
         return decision.accepted
 
     def classify(self, it: int, atoms: AtomTable) -> AtomTable:
         seed = self.seed(it, "classifier")
-        used = [self.path(it - 1, PREDICT, "atoms_working"), self.input_path]
+        used = [self.path(it - 1, PREDICT, "atoms"), self.input_path]
         if self.done(it, "classifier"):
             return self.store.read_table(self.path(it, "classifier", "atoms"))
         out = self.p.stages["classifier"].classify(self.frames, atoms, self.px)
@@ -830,12 +830,14 @@ def combine_members(ensemble, preds, members: list[int] | None, threshold: float
 def write_predictions(
     st, preds, mean, std, atoms: AtomTable, px: float, factor: float, used: list[str], member_maps_every: int = 1
 ) -> None:
-    """Store per-member maps, mean, uncertainty and the atoms (working and input pixels) in a stage.
+    """Store per-member maps, mean, uncertainty and the atoms in a stage; return the atoms as stored.
 
     Maps are stored in the precision ``preds`` holds (``ProbabilityMaps``: uint8 by
     default; a float array as it is); mean and uncertainty in the same precision.
     With ``member_maps_every`` n > 1 only every n-th frame's member maps are kept;
-    the dataset's attribute ``frames`` lists them.
+    the dataset's attribute ``frames`` lists them.  The atoms (working pixels) are
+    stored once, in input pixels; the returned working table is the stored one scaled
+    back (:func:`read_working_atoms` gives the same after a resume).
     """
     from elit.store.precision import ProbabilityMaps, quantization_label, quantize
 
@@ -854,8 +856,23 @@ def write_predictions(
     st.add_image("mean", quantize(mean, precision), dims[1:], "probability", "", px, [member_path], quantization=label, copy=False)
     st.add_image("uncertainty", quantize(std, precision), dims[1:], "probability std", "", px, [member_path],
                  quantization=label, copy=False)
-    st.add_table("atoms_working", atoms, [member_path])
-    st.add_table("atoms", atoms.scaled(1.0 / factor), [member_path])
+    on_input = atoms.scaled(1.0 / factor)
+    st.add_table("atoms", on_input, [member_path])
+    st.add_json("working_scale", {"factor": factor})
+    return on_input.scaled(factor)
+
+
+def read_working_atoms(store, group: str) -> AtomTable:
+    """A predict step's atoms in working pixels (``group``: the step's path, e.g. ``/iterations/iter_000/predict``).
+
+    Files written by elit 0.1 hold them as ``atoms_working``; later ones keep the
+    input-pixel ``atoms`` and the scale ``working_scale`` they are derived with.
+    """
+    group = group.rstrip("/")
+    if store.has(f"{group}/atoms_working"):
+        return store.read_table(f"{group}/atoms_working")
+    factor = float(store.read_json(f"{group}/working_scale")["factor"])
+    return store.read_table(f"{group}/atoms").scaled(factor)
 
 
 def _write_training_set(st, ts: TrainingSet, px: float, used: list[str]) -> None:

@@ -84,7 +84,9 @@ def member_gallery(result: str | Path, out: Path, iteration: int = 0, frames: li
 
 
 def _atoms_overlay(store, it: int, working: np.ndarray, frames: list[int], out: Path) -> Path:
-    atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working")
+    from elit.pipeline import read_working_atoms
+
+    atoms = read_working_atoms(store, f"/iterations/iter_{it:03d}/predict")
     mean = store.read_image(f"/iterations/iter_{it:03d}/predict/mean")
     plt = file_pyplot()
     fig, axes = plt.subplots(2, len(frames), figsize=(max(3.2 * len(frames), 5.5), 6.4), squeeze=False)
@@ -155,7 +157,7 @@ def _quality(store, it: int, raw: np.ndarray, input_px: float, lattice: str, fra
 
 def _uncertainty(store, it: int, frames: list[int], out: Path) -> Path:
     std = store.read_image(f"/iterations/iter_{it:03d}/predict/uncertainty")
-    names = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms_working").class_names
+    names = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms").class_names
     plt = file_pyplot()
     k = std.shape[1]
     fig, axes = plt.subplots(k, len(frames), figsize=(max(3.2 * len(frames), 5.5), 3.0 * k), squeeze=False)

@@ -74,6 +74,23 @@ def test_file_holds_every_stage_with_provenance(run):
         assert f["iterations/iter_001/guard"].attrs["name"] == "guard"
 
 
+def test_atoms_are_stored_once_and_read_back_in_working_pixels(run):
+    from elit.pipeline import read_working_atoms
+    from elit.store import RunStore
+
+    path, result, _ = run
+    store = RunStore.open(path)
+    for s in result.iterations:
+        group = f"/iterations/iter_{s.iteration:03d}/predict"
+        assert not store.has(f"{group}/atoms_working")
+        working = read_working_atoms(store, group)
+        factor = store.read_json(f"{group}/working_scale")["factor"]
+        assert factor == pytest.approx(result.input_pixel_size / result.working_pixel_size)
+        assert len(working) == s.n_atoms
+        on_input = store.read_table(f"{group}/atoms")
+        np.testing.assert_allclose(working.scaled(1.0 / factor).positions(), on_input.positions(), atol=1e-9)
+
+
 def test_conditions_are_measured_and_applied(run):
     """The frames' noise is measured and the augmenter's shot noise is set to it, with provenance."""
     import json
