@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from elit.data import AtomTable
 from elit.errors import InputError
 
-__all__ = ["atom_patches", "blob_statistics", "locate_atoms", "refine_gaussian"]
+__all__ = ["atom_patches", "blob_statistics", "fit_border_blobs", "locate_atoms", "refine_gaussian"]
 
 
 def _as_nkhw(array, name: str) -> np.ndarray:
@@ -72,6 +72,119 @@ def blob_statistics(prob: np.ndarray, labels: np.ndarray, n: int, threshold: flo
     peak = np.zeros(n + 1)
     np.maximum.at(peak, lab_in, p_in)
     return {"area": area, "row": row, "col": col, "peak": peak[1:], "mean": psum / np.maximum(area, 1)}
+
+
+def _radial_profile(prob, labels, row, col, ids, reach: float, step: float) -> np.ndarray:
+    """Mean of ``prob`` against the distance from the centres ``(row, col)`` of blobs ``ids`` (bins of ``step``).
+
+    Pixels of other blobs are left out, so neighbours do not enter a blob's tail.
+    """
+    h, w = prob.shape
+    k = int(np.ceil(reach))
+    off = np.arange(-k, k + 1)
+    dr, dc = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    rr = np.rint(row)[:, None].astype(np.int64) + dr[None]
+    cc = np.rint(col)[:, None].astype(np.int64) + dc[None]
+    ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    rr, cc = np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)
+    d = np.hypot(rr - row[:, None], cc - col[:, None])
+    lab = labels[rr, cc]
+    ok &= (d <= reach) & ((lab == 0) | (lab == ids[:, None]))
+    n_bins = int(np.ceil(reach / step)) + 2
+    b = np.minimum((d[ok] / step).astype(np.int64), n_bins - 1)
+    total = np.bincount(b, weights=prob[rr, cc][ok], minlength=n_bins)
+    count = np.bincount(b, minlength=n_bins)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def _move_range(low_side: bool, high_side: bool, span: float) -> tuple[float, float]:
+    """How far a cut blob's centre may move along one axis: outwards across the one cut side, else half a pixel."""
+    if low_side and not high_side:
+        return -span, 0.5
+    if high_side and not low_side:
+        return -0.5, span
+    return -0.5, 0.5
+
+
+def fit_border_blobs(prob: np.ndarray, labels: np.ndarray, stats: dict[str, np.ndarray], min_interior: int = 5):
+    """Centres of the blobs cut by the frame border, from the frame's own blob profile.
+
+    A blob that touches the border shows only part of an atom, and its centroid lies
+    inside the frame by up to the blob's radius.  The radial profile of the frame's
+    whole blobs (the larger three quarters of those that do not touch the border) is
+    fitted to the visible part of each cut blob by a grid search (0.5, 0.1, then
+    0.02 px).  The centre moves outwards across a cut side (by at most the blob
+    radius plus a pixel) and by at most half a pixel along an axis that is not
+    cut, and is kept within the field of view (half a pixel beyond the outer pixel
+    centres).  With fewer than ``min_interior`` whole blobs the
+    centroids are returned unchanged.
+
+    Parameters
+    ----------
+    prob : ndarray, shape (H, W)
+        Probability map.
+    labels : ndarray of int, shape (H, W)
+        Its blob labels ``1..n``.
+    stats : dict
+        :func:`blob_statistics` of these blobs (``area``, ``row``, ``col``).
+    min_interior : int
+        Whole blobs needed to measure the profile.
+
+    Returns
+    -------
+    row, col : ndarray
+        Positions of all ``n`` blobs: refitted for the cut ones, the centroid for the rest.
+    """
+    h, w = prob.shape
+    row, col = stats["row"].astype(np.float64).copy(), stats["col"].astype(np.float64).copy()
+    n = len(row)
+    sides = np.zeros((4, n + 1), dtype=bool)  # top, bottom, left, right
+    for i, edge in enumerate((labels[0], labels[-1], labels[:, 0], labels[:, -1])):
+        sides[i, edge] = True
+    sides = sides[:, 1:]
+    cut = sides.any(axis=0)
+    area = stats["area"]
+    whole = ~cut & (area >= np.percentile(area, 25)) if n else cut
+    if not cut.any() or whole.sum() < min_interior:
+        return row, col
+    radius = float(np.sqrt(np.median(area[whole]) / np.pi))
+    reach, step = 2.0 * radius + 2.0, 0.25
+    profile = _radial_profile(prob, labels, row[whole], col[whole], np.flatnonzero(whole) + 1, reach, step)
+
+    def model(d):
+        x = np.maximum(d / step - 0.5, 0.0)  # bin i holds the mean over [i, i + 1) steps: its centre is i + 0.5
+        i = np.clip(x.astype(np.int64), 0, len(profile) - 2)
+        t = np.clip(x - i, 0.0, 1.0)
+        return np.where(d <= reach, profile[i] * (1.0 - t) + profile[i + 1] * t, 0.0)
+
+    k = int(np.ceil(reach)) + 2
+    off = np.arange(-k, k + 1)
+    dr, dc = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    span = np.ceil(radius) + 1.0
+    grids = [np.arange(-span, span + 1e-9, 0.5), np.arange(-0.5, 0.5 + 1e-9, 0.1), np.arange(-0.1, 0.1 + 1e-9, 0.02)]
+    grids = [tuple(a.ravel() for a in np.meshgrid(g, g, indexing="ij")) for g in grids]
+    for j in np.flatnonzero(cut):
+        rr = int(np.rint(row[j])) + dr
+        cc = int(np.rint(col[j])) + dc
+        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        rr, cc = rr[ok], cc[ok]
+        lab = labels[rr, cc]
+        own = ((lab == 0) | (lab == j + 1)) & (np.hypot(rr - row[j], cc - col[j]) <= reach + span)
+        rr, cc = rr[own], cc[own]
+        v = prob[rr, cc]
+        # the centre moves outwards across a cut side, by at most half a pixel along an uncut axis
+        r_lo, r_hi = _move_range(sides[0, j], sides[1, j], span)
+        c_lo, c_hi = _move_range(sides[2, j], sides[3, j], span)
+        dr0 = dc0 = 0.0
+        for gr, gc in grids:
+            cr = row[j] + np.clip(dr0 + gr, r_lo, r_hi)
+            cc_ = col[j] + np.clip(dc0 + gc, c_lo, c_hi)
+            cost = ((v[None] - model(np.hypot(rr[None] - cr[:, None], cc[None] - cc_[:, None]))) ** 2).sum(axis=1)
+            best = int(np.argmin(cost))
+            dr0, dc0 = cr[best] - row[j], cc_[best] - col[j]
+        row[j] = np.clip(row[j] + dr0, -0.5, h - 0.5)
+        col[j] = np.clip(col[j] + dc0, -0.5, w - 0.5)
+    return row, col
 
 
 def refine_gaussian(
@@ -221,6 +334,7 @@ def locate_atoms(
     class_names=("atom",),
     frame_offset: int = 0,
     refine: bool = False,
+    border_fit: bool = False,
 ) -> AtomTable:
     """Find atoms as blobs of high probability.
 
@@ -251,6 +365,9 @@ def locate_atoms(
     refine : bool
         Refine each position with a local 2-D Gaussian fit to the probability
         (useful when maps are peaked; flat-topped blobs keep the centroid).
+    border_fit : bool
+        Place the blobs cut by the frame border with :func:`fit_border_blobs`
+        (their centroids lie too far inside the frame).
 
     Returns
     -------
@@ -311,6 +428,8 @@ def locate_atoms(
             if not big.any():
                 continue
             row, col = stats["row"], stats["col"]
+            if border_fit:
+                row, col = fit_border_blobs(p, labels, stats)
             if refine:
                 row, col = refine_gaussian(p, row, col, half_width=2)
             radius = np.sqrt(stats["area"] / np.pi)

@@ -98,6 +98,10 @@ class LocateConfig(_Strict):
         0.4, ge=0.0, lt=1.0, description="Drop atoms whose matched-filter signal on the raw frame is below this fraction of the "
         "frame's median atom (noise clusters in vacuum); 0 keeps every atom (elit.vacuum).",
     )
+    border_fit: bool = Field(
+        True, description="Place the atoms cut by the frame border by fitting the frame's whole-blob profile to what is "
+        "visible (elit.atoms.fit_border_blobs); their centroids lie inside the frame by up to the blob radius.",
+    )
     refine: bool = Field(True, description="Also fit every atom with a Gaussian on the raw frame at its own pixel size (elit.localize).")
     positions: Literal["network", "refined"] = Field(
         "network", description="Which position x, y report: the ensemble's (network) or the Gaussian fit's (refined); "

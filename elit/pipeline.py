@@ -507,7 +507,8 @@ class _Runner:
                 ((preds[:, f0 : f0 + chunk], self.frames[f0 : f0 + chunk]) for f0 in range(0, n, chunk)), self.px
             )
         members = selection.members if it == 0 else list(range(len(ensemble)))
-        mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold, chunk=chunk)
+        mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold, chunk=chunk,
+                                           border_fit=self.cfg.locate.border_fit)
         atoms, location = self.finish_atoms(atoms)
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
         if not selector_done:
@@ -805,11 +806,13 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     return on_raw.scaled(1.0 / to_raw), record
 
 
-def combine_members(ensemble, preds, members: list[int] | None, threshold: float, chunk: int = 32):
+def combine_members(ensemble, preds, members: list[int] | None, threshold: float, chunk: int = 32,
+                    border_fit: bool = True):
     """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels).
 
     ``preds`` is an ``(M, N, K, H, W)`` array or :class:`~elit.store.precision.ProbabilityMaps`;
-    atoms are located ``chunk`` frames at a time (the same atoms as all at once).
+    atoms are located ``chunk`` frames at a time (the same atoms as all at once); ``border_fit``
+    places the blobs cut by the frame border (:func:`elit.atoms.fit_border_blobs`).
     """
     from elit.atoms import locate_atoms
     from elit.data import AtomTable
@@ -821,6 +824,7 @@ def combine_members(ensemble, preds, members: list[int] | None, threshold: float
         locate_atoms(
             mean[f0 : f0 + chunk], threshold=threshold, uncertainty=std[f0 : f0 + chunk],
             member_probabilities=preds[members, f0 : f0 + chunk], class_names=ensemble.class_names, frame_offset=f0,
+            border_fit=border_fit,
         )
         for f0 in range(0, n, chunk)
     ]

@@ -169,7 +169,8 @@ def predict_file(
     working, input_px, factor = prepare_frames(image.frames, pixel_size or image.pixel_size, config.scale)
     dev = resolve_device(device or config.device)
     preds = ensemble.predict(working, device=dev, progress=True)
-    mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold)
+    mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold,
+                                       border_fit=config.locate.border_fit)
     classifier = None
     if config.locate.classify and config.classifier is not None:
         classifier = build_stages({"classifier": config.classifier})["classifier"]

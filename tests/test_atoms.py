@@ -70,6 +70,28 @@ def test_blobs_at_the_edge_are_found():
     assert nearest(table.positions(), pos).max() < 1.0
 
 
+def test_border_fit_places_atoms_cut_by_the_frame_edge():
+    rng = np.random.default_rng(3)
+    full = grid_positions(rng, n=6, step=11.0, start=3.0)  # a lattice running past every side of the crop
+    shape = (60, 60)
+    prob = gaussian_map(full, (70, 70), sigma=1.6)[2:62, 2:62]  # the top and left rows of blobs are cut
+    inside = full - 2.0
+    visible = inside[(inside.min(axis=1) > -1.5) & (inside.max(axis=1) < 60.5)]
+    plain = locate_atoms(prob[None], threshold=0.3)
+    fitted = locate_atoms(prob[None], threshold=0.3, border_fit=True)
+    assert len(plain) == len(fitted)
+    cut = (visible.min(axis=1) < 1.5) & (visible.min(axis=1) >= -0.5)  # centres in the field of view, blobs cut
+    assert cut.sum() >= 4
+    d_plain = nearest(plain.positions(), visible[cut])
+    d_fit = nearest(fitted.positions(), visible[cut])
+    assert d_plain.max() > 0.25  # the centroid of a cut blob lies too far inside
+    assert d_fit.max() < 0.05 and d_fit.mean() < d_plain.mean() / 5
+    whole = visible.min(axis=1) > 5
+    np.testing.assert_allclose(nearest(fitted.positions(), visible[whole]), nearest(plain.positions(), visible[whole]))
+    pos = fitted.positions()
+    assert (pos >= -0.5).all() and (pos <= np.array(shape) - 0.5).all()  # kept within the field of view
+
+
 def test_frames_classes_and_offset():
     rng = np.random.default_rng(1)
     pos = grid_positions(rng, n=2)
