@@ -98,6 +98,10 @@ class LocateConfig(_Strict):
         0.4, ge=0.0, lt=1.0, description="Drop atoms whose matched-filter signal on the raw frame is below this fraction of the "
         "frame's median atom (noise clusters in vacuum); 0 keeps every atom (elit.vacuum).",
     )
+    keep_faint_in_lattice: bool = Field(
+        True, description="Keep a faint detection whose neighbours form a complete lattice shell (elit.vacuum.in_full_shell): "
+        "an atom dim by chance in a noisy frame, not a noise cluster in vacuum or at a hole's edge.",
+    )
     border_fit: bool = Field(
         True, description="Place the atoms cut by the frame border by fitting the frame's whole-blob profile to what is "
         "visible (elit.atoms.fit_border_blobs); their centroids lie inside the frame by up to the blob radius.",

@@ -769,7 +769,7 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     raw : ndarray, shape (N, H, W)
         The frames at their own pixel size ``raw_px``.
     locate : LocateConfig
-        ``faint_fraction``, ``refine``, ``positions`` and ``classify``.
+        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions`` and ``classify``.
     classifier : Classifier or None
         Names the classes of a single-class table when ``locate.classify`` is on.
 
@@ -785,7 +785,14 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     to_raw = working_px / raw_px
     on_raw = atoms.scaled(to_raw)
     faint = faint_atoms(raw, on_raw, raw_px, locate.faint_fraction)
-    record: dict[str, Any] = {"faint_dropped": int(faint.sum()), "faint_fraction": locate.faint_fraction}
+    record: dict[str, Any] = {"faint_fraction": locate.faint_fraction}
+    if locate.keep_faint_in_lattice and faint.any():
+        from elit.vacuum import in_full_shell
+
+        in_lattice = in_full_shell(on_raw, faint)
+        faint &= ~in_lattice
+        record["faint_kept_in_lattice"] = int(in_lattice.sum())
+    record["faint_dropped"] = int(faint.sum())
     if faint.any():
         log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
     on_raw = on_raw.select(~faint)
