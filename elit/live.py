@@ -346,6 +346,11 @@ class LiveAnalyzer:
         Score members on a centred crop of at most this many working-scale
         pixels per side (scoring costs time in proportion to the pixels and atoms;
         on a GPU it is most of the latency).  None: the whole frame.
+    finish : bool, optional
+        Finish the atoms as ``elit run`` does, with the config's ``locate``
+        settings and classifier: border fit, vacuum filter, Gaussian fit and
+        classes on the raw frame (:func:`elit.pipeline.finish_atoms`).  Default:
+        when a full pipeline config is given.
     """
 
     def __init__(
@@ -363,6 +368,7 @@ class LiveAnalyzer:
         reference_frames: int = 3,
         predict_options: dict | None = None,
         score_size: int | None = None,
+        finish: bool | None = None,
     ) -> None:
         from elit.config import PipelineConfig, ScaleConfig
         from elit.devices import resolve_device
@@ -413,6 +419,16 @@ class LiveAnalyzer:
         self.score_size = None if score_size is None else int(score_size)
         self.fixed_pixel_size = float(input_pixel_size) if input_pixel_size is not None else scale.input_pixel_size
         self._spectrum = _Spectrum(self.scale.pixel_size)
+        if finish is None:
+            finish = pipeline_config is not None
+        if finish and pipeline_config is None:
+            raise ConfigError("finish=True needs the run's full config (its locate settings and classifier)")
+        self.locate = pipeline_config.locate if finish else None
+        self.classifier = None
+        if finish and pipeline_config.locate.classify and pipeline_config.classifier is not None:
+            from elit.config import build_stages
+
+            self.classifier = build_stages({"classifier": pipeline_config.classifier})["classifier"]
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -497,8 +513,13 @@ class LiveAnalyzer:
             uncertainty=std,
             member_probabilities=preds[members],
             class_names=self.ensemble.class_names,
-            frame_offset=self.frames_seen_,
+            border_fit=self.locate is not None and self.locate.border_fit,
         )
+        if self.locate is not None:
+            from elit.pipeline import finish_atoms
+
+            working_atoms, _ = finish_atoms(working_atoms, raw[None], px, self.scale.pixel_size, self.locate, self.classifier)
+        working_atoms.frame = working_atoms.frame + self.frames_seen_
         atoms = working_atoms.scaled(1.0 / factor)
         t4 = time.perf_counter()
 

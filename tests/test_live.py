@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from elit.config import PipelineConfig
 from elit.ensemble import Ensemble
@@ -153,6 +154,24 @@ def test_analyzer_keeps_the_first_pixel_size_and_rescales_atoms(ensemble, movie)
     assert r.atoms.row.max() > 100  # atoms in the input's own pixels
     r2 = analyzer.process(big)  # no metadata now: the session's pixel size is kept
     assert r2.input_pixel_size == pytest.approx(0.1)
+
+
+def test_analyzer_finishes_atoms_as_a_run_does(ensemble, movie):
+    cfg = PipelineConfig.model_validate(
+        {"locate": {"classify": True}, "classifier": {"name": "relative", "params": {"class_names": ["C", "Si"]}}}
+    )
+    plain = LiveAnalyzer(ensemble, cfg, input_pixel_size=PX, finish=False)
+    done = LiveAnalyzer(ensemble, cfg, input_pixel_size=PX)
+    for frame in movie[:2]:
+        a, b = plain.process(frame), done.process(frame)
+    assert a.atoms.class_names == ("atom",) and a.atoms.class_probability is None
+    assert b.atoms.class_names == ("C", "Si") and b.atoms.class_probability is not None
+    assert (b.atoms.frame == 1).all() and (a.atoms.frame == 1).all()
+    assert 0 < len(b.atoms) <= len(a.atoms)  # the vacuum filter may drop some; nothing is added
+    d, _ = cKDTree(a.atoms.positions()).query(b.atoms.positions())
+    assert np.median(d) < 1e-6  # the same atoms; only those cut by the border move
+    with pytest.raises(ConfigError, match="full config"):
+        LiveAnalyzer(ensemble, input_pixel_size=PX, finish=True)
 
 
 def test_score_size_scores_members_on_a_centre_crop(ensemble, movie):
