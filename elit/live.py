@@ -348,9 +348,10 @@ class LiveAnalyzer:
         on a GPU it is most of the latency).  None: the whole frame.
     finish : bool, optional
         Finish the atoms as ``elit run`` does, with the config's ``locate``
-        settings and classifier: border fit, vacuum filter, Gaussian fit and
-        classes on the raw frame (:func:`elit.pipeline.finish_atoms`).  Default:
-        when a full pipeline config is given.
+        settings and classifier: border fit, vacuum filter and classes on the
+        raw frame (:func:`elit.pipeline.finish_atoms`); the Gaussian fit on the
+        raw frame only when it gives the positions (``locate.positions:
+        refined``).  Default: when a full pipeline config is given.
     """
 
     def __init__(
@@ -423,7 +424,10 @@ class LiveAnalyzer:
             finish = pipeline_config is not None
         if finish and pipeline_config is None:
             raise ConfigError("finish=True needs the run's full config (its locate settings and classifier)")
-        self.locate = pipeline_config.locate if finish else None
+        self.locate = None
+        if finish:  # the raw-frame Gaussian fit (about 1 s per 384^2 frame on a CPU) only when it gives x, y
+            locate = pipeline_config.locate
+            self.locate = locate if locate.positions == "refined" else locate.model_copy(update={"refine": False})
         self.classifier = None
         if finish and pipeline_config.locate.classify and pipeline_config.classifier is not None:
             from elit.config import build_stages
