@@ -429,10 +429,10 @@ class LiveAnalyzer:
             locate = pipeline_config.locate
             self.locate = locate if locate.positions == "refined" else locate.model_copy(update={"refine": False})
         self.classifier = None
-        if finish and pipeline_config.locate.classify and pipeline_config.classifier is not None:
-            from elit.config import build_stages
+        if finish:
+            from elit.pipeline import finishing_classifier
 
-            self.classifier = build_stages({"classifier": pipeline_config.classifier})["classifier"]
+            self.classifier = finishing_classifier(pipeline_config)
         self.reset()
 
     # ---------------------------------------------------------------- state

@@ -759,6 +759,15 @@ def own_step_info(name: str, config: dict[str, Any], used: list[str], seed: int 
     }
 
 
+def finishing_classifier(config):
+    """The classifier stage that :func:`finish_atoms` names classes with under ``config`` (None when it does not)."""
+    if not config.locate.classify or config.classifier is None:
+        return None
+    from elit.config import build_stages
+
+    return build_stages({"classifier": config.classifier})["classifier"]
+
+
 def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate, classifier=None):
     """Drop faint detections (vacuum), fit the rest on the raw frames, and classify them there.
 
@@ -840,7 +849,7 @@ def combine_members(ensemble, preds, members: list[int] | None, threshold: float
 
 def write_predictions(
     st, preds, mean, std, atoms: AtomTable, px: float, factor: float, used: list[str], member_maps_every: int = 1
-) -> None:
+) -> AtomTable:
     """Store per-member maps, mean, uncertainty and the atoms in a stage; return the atoms as stored.
 
     Maps are stored in the precision ``preds`` holds (``ProbabilityMaps``: uint8 by

@@ -159,8 +159,9 @@ def predict_file(
 ) -> int:
     """Apply a run's trained ensemble to new data and write a prediction file; return the atom count."""
     from elit.devices import resolve_device
-    from elit.config import build_stages
-    from elit.pipeline import combine_members, finish_atoms, predict_step_info, prepare_frames, write_predictions
+    from elit.pipeline import (
+        combine_members, finish_atoms, finishing_classifier, predict_step_info, prepare_frames, write_predictions,
+    )
     from elit.readers import read_image
     from elit.store import RunStore
 
@@ -171,10 +172,8 @@ def predict_file(
     preds = ensemble.predict(working, device=dev, progress=True)
     mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold,
                                        border_fit=config.locate.border_fit)
-    classifier = None
-    if config.locate.classify and config.classifier is not None:
-        classifier = build_stages({"classifier": config.classifier})["classifier"]
-    atoms, location = finish_atoms(atoms, image.frames, input_px, config.scale.pixel_size, config.locate, classifier)
+    atoms, location = finish_atoms(atoms, image.frames, input_px, config.scale.pixel_size, config.locate,
+                                   finishing_classifier(config))
     store = RunStore.create(out, overwrite=overwrite)
     cfg = config.model_dump(mode="json")
     cfg["scale"]["input_pixel_size"] = input_px
