@@ -284,14 +284,14 @@ def estimate_conditions(frames: np.ndarray, pixel_size: float, factor: float, mi
     min_distance_A : float
         Smallest distance between atom columns, Angstrom.
     """
-    frames = np.asarray(frames, dtype=np.float64)
+    frames = np.asarray(frames)  # each frame goes to float64 on its own (a long movie is not copied whole)
     if frames.ndim == 2:
         frames = frames[None]
     if frames.ndim != 3 or len(frames) == 0:
         raise InputError(f"frames must be (N, H, W), got shape {frames.shape}")
     share = high_band_share(factor)
     notes = [f"high band above {HIGH_BAND:.2f} of Nyquist holds {share:.3f} of white noise's variance after resampling"]
-    per_frame = [estimate_noise(f, share, min_distance_px=min_distance_A / pixel_size) for f in frames]
+    per_frame = [estimate_noise(f.astype(np.float64), share, min_distance_px=min_distance_A / pixel_size) for f in frames]
     doses = np.array([f.dose for f in per_frame])
     sigma = estimate_peak_sigma(frames[: min(len(frames), 8)], pixel_size, min_distance_A)
     if sigma is None:

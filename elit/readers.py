@@ -342,26 +342,32 @@ def validate_frames(
     check_size(arr.shape, source, max_pixels)
     if arr.dtype != np.float32:
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
-            big = np.nanmax(np.abs(arr[np.isfinite(arr)])) if np.isfinite(arr).any() else 0
+            big = max((float(np.abs(f[np.isfinite(f)]).max(initial=0)) for f in arr), default=0.0)
             if big > np.finfo(np.float32).max:
                 raise InputError(f"{source}: values up to {big:.3g} do not fit in float32")
         notes.append(f"converted {arr.dtype} to float32")
-    out = np.array(arr, dtype=np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        frames_bad = sorted({int(i) for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
-        count = int(bad.sum())
+    # float32 frames are not copied (a long movie would be held twice); the view is read-only
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if np.may_share_memory(out, frames):
+        out = out.view()
+        out.flags.writeable = False
+    bad_count = [int((~np.isfinite(f)).sum()) for f in out]  # frame by frame: no full-size mask
+    frames_bad = [i for i, c in enumerate(bad_count) if c]
+    if frames_bad:
+        count = sum(bad_count)
         where = ", ".join(map(str, frames_bad[:10])) + (" …" if len(frames_bad) > 10 else "")
         if nan_policy == "refuse":
             raise InputError(
                 f"{source}: {count} NaN/Inf pixel(s) in frame(s) {where}; fix the data or use nan_policy='fill' "
                 "(replace them by the frame's median)"
             )
+        out = np.array(out, dtype=np.float32)  # filled in a copy, never in the caller's array
         for i in frames_bad:
-            good = out[i][~bad[i]]
+            bad = ~np.isfinite(out[i])
+            good = out[i][~bad]
             if good.size == 0:
                 raise InputError(f"{source}: frame {i} has no finite pixels")
-            out[i][bad[i]] = np.median(good)
+            out[i][bad] = np.median(good)
         notes.append(f"replaced {count} NaN/Inf pixel(s) in frame(s) {where} by the frame median")
     flat = out.reshape(n, -1)
     constant = np.nonzero(flat.max(axis=1) == flat.min(axis=1))[0]
@@ -372,7 +378,7 @@ def validate_frames(
         )
     for note in notes:
         (log.warning if "channel-last" in note else log.info)("%s: %s", source, note)
-    return np.ascontiguousarray(out), notes
+    return out, notes
 
 
 # ------------------------------------------------------------------ signals
