@@ -448,8 +448,7 @@ class RunStore:
         path = f"{L.INPUTS}/{name}/{name}"
         if self.has(f"{L.INPUTS}/{name}"):
             raise StoreError(f"{self._path} already holds input {name!r}")
-        arr = np.array(arr, copy=True)
-        given_dtype = arr.dtype
+        given_dtype = arr.dtype  # written at once below: no copy (a long movie is not held twice)
         arr = _as_exact_integers(arr)
 
         def fill(parent: h5py.Group, _name: str) -> None:

@@ -29,6 +29,16 @@ def dimension_type(name: str) -> str:
     return _DIM_TYPES.get(name, "UNKNOWN")
 
 
+class _Sliced:
+    """An array's shape, dtype and slices, and nothing that tells dask to copy it first."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+
 def write_image(
     group: h5py.Group,
     name: str,
@@ -51,8 +61,12 @@ def write_image(
     import pyNSID
     import sidpy
 
+    import dask.array as da
+
     data = np.ascontiguousarray(data)
-    ds = sidpy.Dataset.from_array(data, title=title or name)
+    # sidpy and dask copy a NumPy array whole; a dask array over a view is written chunk by chunk without one
+    chunks = h5kw.get("chunks") or "auto"
+    ds = sidpy.Dataset.from_array(da.from_array(_Sliced(data), chunks=chunks, asarray=True), title=title or name)
     ds.data_type = data_type
     ds.quantity = quantity or "generic"
     ds.units = units or "a.u."
