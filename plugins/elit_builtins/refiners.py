@@ -48,7 +48,10 @@ class _CommonConfig(StageConfig):
     frame_quantile: float = Field(
         0.5, description="keep frames whose selection score is at least this quantile of all frame scores", ge=0, le=1
     )
-    max_frames: int | None = Field(None, description="use at most this many of the best frames", ge=1)
+    max_frames: int | None = Field(
+        64, description="use at most this many of the best frames (None: no limit); bounds the memory and time of "
+        "refining a long movie", ge=1,
+    )
     mask_radius_A: float = Field(0.5, description="radius of the disc drawn at each kept atom, Angstrom", gt=0, le=5)
     crop_A: float = Field(22.4, description="side of the square training crops, Angstrom", gt=0)
     n_samples: int = Field(256, description="number of augmented crops to produce", ge=1, le=100_000)
