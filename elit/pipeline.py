@@ -77,7 +77,8 @@ class _State:
     """Arrays carried from one step to the next."""
 
     ensemble: Any = None
-    predictions: np.ndarray | None = None
+    iteration: int = 0
+    predictions: np.ndarray | None = None  # None once let go; :meth:`_Runner.maps` makes them again
     selection: Selection | None = None
     atoms: AtomTable | None = None
     paths: dict[str, str] = field(default_factory=dict)
@@ -281,6 +282,10 @@ class Pipeline:
         return result
 
 
+PREPARE_CHUNK = 16
+"""Frames resampled and normalised at a time by :func:`prepare_frames`."""
+
+
 def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple[np.ndarray, float, float]:
     """Resample raw frames to the working scale and normalise them.
 
@@ -317,8 +322,13 @@ def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple
         if not np.isfinite(px) or px <= 0:
             raise InputError("the pixel size could not be estimated; give it with --pixel-size")
     factor = float(px) / scale.pixel_size
-    working = resample(frames.astype(np.float32), factor)
-    return normalize(working), float(px), factor
+    working = None
+    for f0 in range(0, len(frames), PREPARE_CHUNK):  # a few frames at a time: no full-size temporaries
+        part = normalize(resample(frames[f0 : f0 + PREPARE_CHUNK], factor))
+        if working is None:
+            working = np.empty((len(frames),) + part.shape[1:], dtype=np.float32)
+        working[f0 : f0 + len(part)] = part
+    return working, float(px), factor
 
 
 class _Runner:
@@ -488,8 +498,14 @@ class _Runner:
             return ProbabilityMaps(self.store.read_image(path, raw=True))
         return self._member_maps(ensemble)  # the same values: prediction is deterministic
 
+    def maps(self, state: _State):
+        """``state``'s member maps, read back or predicted again when they were let go to save memory."""
+        if state.predictions is None:
+            state.predictions = self._stored_maps(state.iteration, state.ensemble)
+        return state.predictions
+
     def predict(self, it: int, ensemble) -> _State:
-        st_out = _State(ensemble=ensemble)
+        st_out = _State(ensemble=ensemble, iteration=it)
         chunk = self.cfg.store.frames_per_chunk
         if self.done(it, PREDICT) and self.done(it, "selector"):
             st_out.predictions = self._stored_maps(it, ensemble)
@@ -570,7 +586,7 @@ class _Runner:
             return _read_training_set(self.store, self.path(it, "refiner", "")), used, True
         seed = self.seed(it, "refiner")
         ref = self.p.stages["refiner"].refine(
-            self.frames, prev.predictions, prev.selection, atoms, np.random.default_rng(seed), self.px
+            self.frames, self.maps(prev), prev.selection, atoms, np.random.default_rng(seed), self.px
         )
         with self.store.stage(it, "refiner", self.p._stage_info("refiner", it, seed, used)) as st:
             _write_training_set(st, ref.training_set, self.px, used)
@@ -671,6 +687,7 @@ class _Runner:
                 stopped = it
                 break
             init = state.ensemble.subset(state.selection.members) if self.cfg.iterations.warm_start else None
+            state.predictions = None  # a long movie's maps are not held twice; made again if this iteration stays
             ens = self.train(it, ts, init, used)
             new_state = self.predict(it, ens)
             s = self.summarize(it, "experimental", new_state, time.perf_counter() - t0)
@@ -702,7 +719,7 @@ class _Runner:
         self.report_result(result_it)
 
         members = state.selection.members if result_it == 0 else list(range(len(state.ensemble)))
-        mean, std = state.ensemble.mean_std(state.predictions, members)
+        mean, std = state.ensemble.mean_std(self.maps(state), members)
         self.store.write_summary([s.as_dict() for s in self.summaries])
         return RunResult(
             path=None,
@@ -827,23 +844,29 @@ def combine_members(ensemble, preds, members: list[int] | None, threshold: float
     """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels).
 
     ``preds`` is an ``(M, N, K, H, W)`` array or :class:`~elit.store.precision.ProbabilityMaps`;
-    atoms are located ``chunk`` frames at a time (the same atoms as all at once); ``border_fit``
-    places the blobs cut by the frame border (:func:`elit.atoms.fit_border_blobs`).
+    mean and std are made and atoms located ``chunk`` frames at a time (the same atoms as all at
+    once), and mean and std are returned in the maps' stored precision (uint8: p = q/255), so a
+    long movie's maps are never held as float32 whole.  ``border_fit`` places the blobs cut by the
+    frame border (:func:`elit.atoms.fit_border_blobs`).
     """
     from elit.atoms import locate_atoms
     from elit.data import AtomTable
+    from elit.store.precision import ProbabilityMaps, quantize
 
     members = list(range(len(preds))) if members is None else list(members)
-    mean, std = ensemble.mean_std(preds, members)
-    n = mean.shape[0]
-    tables = [
-        locate_atoms(
-            mean[f0 : f0 + chunk], threshold=threshold, uncertainty=std[f0 : f0 + chunk],
-            member_probabilities=preds[members, f0 : f0 + chunk], class_names=ensemble.class_names, frame_offset=f0,
-            border_fit=border_fit,
-        )
-        for f0 in range(0, n, chunk)
-    ]
+    precision = preds.precision if isinstance(preds, ProbabilityMaps) else "float32"
+    n = preds.shape[1]
+    mean = np.empty(tuple(preds.shape[1:]), dtype=precision)
+    std = np.empty_like(mean)
+    tables = []
+    for f0 in range(0, n, chunk):
+        part = preds[members, f0 : f0 + chunk]
+        m, sd = ensemble.mean_std(part)
+        tables.append(locate_atoms(
+            m, threshold=threshold, uncertainty=sd, member_probabilities=part, class_names=ensemble.class_names,
+            frame_offset=f0, border_fit=border_fit,
+        ))
+        mean[f0 : f0 + chunk], std[f0 : f0 + chunk] = quantize(m, precision), quantize(sd, precision)
     return mean, std, AtomTable.concatenate(tables, class_names=tables[0].class_names if tables else None)
 
 

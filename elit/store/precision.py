@@ -36,6 +36,8 @@ def quantize(p: np.ndarray, precision: str = "uint8") -> np.ndarray:
     """Probabilities (float) in the stored precision (values outside [0, 1] are clipped for uint8)."""
     check_precision(precision)
     p = np.asarray(p)
+    if p.dtype == np.dtype(precision):  # already stored values
+        return p
     if precision == "uint8":
         return np.rint(np.clip(p, 0.0, 1.0) * _SCALE).astype(np.uint8)
     return p.astype(precision, copy=False)
