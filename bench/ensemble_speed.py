@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from elit.atoms import locate_atoms  # noqa: E402
 from elit.data import TrainingSet  # noqa: E402
 from elit.ensemble import Ensemble  # noqa: E402
+from elit.plugins import with_architecture  # noqa: E402
 from elit.masks import label_map  # noqa: E402
 from elit.metrics import detection_scores  # noqa: E402
 from elit.plugins import default_registry  # noqa: E402
@@ -126,7 +127,7 @@ def train_reference(ts: TrainingSet, members: int, steps: int, batch: int, patch
             loss.backward()
             opt.step()
         out.append(Member(state=state_to_arrays(net), seed=seed + m))
-    return Ensemble("compact-unet", arch.get_params(), 1, 1, ts.class_names, out, NATIVE, "sigmoid")
+    return Ensemble("compact-unet", arch.get_params(), 1, 1, ts.class_names, out, NATIVE, "sigmoid", stage=arch)
 
 
 def predict_reference(ens: Ensemble, frames: np.ndarray) -> np.ndarray:
@@ -166,7 +167,7 @@ def memory_child(folder: str, size: int, members: int) -> None:
         spec = json.load(fh)
     with np.load(os.path.join(folder, "arrays.npz"), allow_pickle=False) as npz:
         arrays = {k.replace("|", "/"): npz[k] for k in npz.files}  # "/" is not portable in npz keys
-    ens = Ensemble.from_arrays(spec, arrays).subset(list(range(members)))
+    ens = with_architecture(Ensemble.from_arrays(spec, arrays)).subset(list(range(members)))
     frame = np.random.default_rng(0).random((size, size)).astype(np.float32)
     ens.predict(frame[:64, :64])  # build the members once
     reset = _reset_peak_rss()

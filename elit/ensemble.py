@@ -229,6 +229,11 @@ class Ensemble:
         Output activation; with softmax, channel 0 is the background and is dropped.
     metadata : dict, optional
         JSON-able extras (e.g. the trainer's settings) kept with the ensemble.
+    stage : Architecture or callable, optional
+        The stage that builds the members' networks, or a function that returns
+        it when first needed.  The trainer gives its own;
+        :meth:`elit.store.RunStore.read_ensemble` looks ``architecture`` up in a
+        plugin registry.  Needed to predict, not to store.
     """
 
     def __init__(
@@ -242,6 +247,7 @@ class Ensemble:
         pixel_size: float,
         activation: str,
         metadata: dict | None = None,
+        stage=None,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -254,6 +260,7 @@ class Ensemble:
         self.pixel_size = float(pixel_size)
         self.activation = activation
         self.metadata = dict(metadata or {})
+        self.stage = stage
         expected = len(self.class_names) + (1 if activation == "softmax" else 0)
         if self.out_channels != expected:
             raise InputError(
@@ -278,11 +285,16 @@ class Ensemble:
     # ----------------------------------------------------------------- building
 
     def architecture_stage(self):
-        """Return the registered Architecture stage, configured as stored."""
-        from elit.plugins import default_registry
-
-        cls = default_registry().get_stage("architecture", self.architecture)
-        return cls(self.architecture_params)
+        """The Architecture stage that builds the members' networks (see ``stage``)."""
+        if self.stage is None:
+            raise InputError(
+                f"this {self.architecture!r} ensemble has no architecture stage to build its networks: give one "
+                "(Ensemble(..., stage=...)), or read the ensemble with RunStore.read_ensemble or "
+                "elit.plugins.with_architecture"
+            )
+        if not hasattr(self.stage, "build"):  # found when first needed
+            self.stage = self.stage()
+        return self.stage
 
     def build_member(self, i: int, device="cpu") -> nn.Module:
         """Return member ``i`` as a torch module in eval mode, weights loaded, on ``device``."""
@@ -558,6 +570,7 @@ class Ensemble:
             self.pixel_size,
             self.activation,
             metadata=self.metadata,
+            stage=self.stage,
         )
 
     # ----------------------------------------------------------------- persistence
@@ -590,8 +603,8 @@ class Ensemble:
         return spec, arrays
 
     @classmethod
-    def from_arrays(cls, spec: dict, arrays: dict[str, np.ndarray]) -> Ensemble:
-        """Rebuild an ensemble from :meth:`to_arrays` output."""
+    def from_arrays(cls, spec: dict, arrays: dict[str, np.ndarray], stage=None) -> Ensemble:
+        """Rebuild an ensemble from :meth:`to_arrays` output (``stage``: see the class)."""
         if spec.get("format", FORMAT) != FORMAT:
             raise InputError(f"not an elit ensemble (format {spec.get('format')!r})")
         if int(spec.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
@@ -613,6 +626,7 @@ class Ensemble:
             spec["pixel_size"],
             spec["activation"],
             metadata=spec.get("metadata") or {},
+            stage=stage,
         )
 
 

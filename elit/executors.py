@@ -371,7 +371,7 @@ def _predict_chunk(item: tuple, shared: dict) -> np.ndarray:
     from elit.ensemble import Ensemble
 
     start, frames = item
-    ensemble = Ensemble.from_arrays(*shared["ensemble"])
+    ensemble = Ensemble.from_arrays(*shared["ensemble"], stage=shared["stage"])
     return ensemble.predict(frames, device=shared["device"], **shared["options"])
 
 
@@ -393,7 +393,8 @@ def predict_frame_chunks(executor, ensemble, frames, *, chunk: int = 16, device:
     import torch
 
     dev_type = torch.device(str(device)).type if str(device) != "auto" else "auto"
-    shared = {"ensemble": ensemble.to_arrays(), "device": dev_type, "options": {**options, "progress": False}}
+    shared = {"ensemble": ensemble.to_arrays(), "stage": ensemble.architecture_stage(), "device": dev_type,
+              "options": {**options, "progress": False}}
     items = {start: (start, frames[start : start + chunk]) for start in range(0, len(frames), chunk)}
     for start, pred in executor.map_members(_predict_chunk, items, shared):
         yield slice(start, start + pred.shape[1]), pred

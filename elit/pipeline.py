@@ -439,7 +439,7 @@ class _Runner:
         from elit.ensemble import Member
 
         if self.done(it, "trainer"):
-            return self.store.read_ensemble(it)
+            return self.store.read_ensemble(it, registry=self.p.registry)
         if ts is None:
             raise InputError(f"cannot resume iteration {it}: its training data was not stored")
         seed = self.seed(it, "trainer")

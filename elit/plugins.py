@@ -89,3 +89,20 @@ def default_registry():
     from elit.registry import Registry
 
     return Registry.from_plugin_manager(make_plugin_manager())
+
+
+def with_architecture(ensemble, registry=None):
+    """Let a stored ``ensemble`` find the Architecture stage it names in ``registry`` (default: the plugins').
+
+    Saved files hold the architecture's name and settings, never import paths;
+    this is where the name is looked up, when the networks are first built (an
+    ensemble whose plugin is missing can still be read and inspected).  Returns
+    ``ensemble``.
+    """
+    name, params = ensemble.architecture, dict(ensemble.architecture_params)
+
+    def find():
+        return (registry or default_registry()).get_stage("architecture", name)(params)
+
+    ensemble.stage = find
+    return ensemble

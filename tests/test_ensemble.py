@@ -10,7 +10,7 @@ import torch
 
 from elit.ensemble import Ensemble, Member, fuse_batch_norm, load_state, state_to_arrays, tile_spans
 from elit.errors import InputError
-from elit.plugins import default_registry
+from elit.plugins import default_registry, with_architecture
 
 TINY = {"base_filters": 4, "depth": 2, "blocks": [1, 1, 1]}
 
@@ -42,7 +42,7 @@ def random_members(n, out_channels, params=TINY, seed=0):
 
 def make_ensemble(n=3, classes=("atom",), activation="sigmoid", params=TINY):
     out = len(classes) + (1 if activation == "softmax" else 0)
-    return Ensemble("compact-unet", params, 1, out, classes, random_members(n, out, params), 0.2, activation)
+    return with_architecture(Ensemble("compact-unet", params, 1, out, classes, random_members(n, out, params), 0.2, activation))
 
 
 def frames(n=2, h=40, w=52, seed=1):
@@ -170,7 +170,7 @@ def test_round_trip_through_arrays_gives_identical_predictions():
     assert set(k.split("/")[0] for k in arrays) == {"member_000", "member_001", "member_002"}
     text = json.dumps(spec, allow_nan=False)  # strictly JSON-able
     copied = {k: np.array(v, copy=True) for k, v in arrays.items()}
-    back = Ensemble.from_arrays(json.loads(text), copied)
+    back = Ensemble.from_arrays(json.loads(text), copied, stage=ens.stage)
     assert len(back) == 3 and back.class_names == ("C", "Si") and back.activation == "softmax"
     assert back.members[1].seed == ens.members[1].seed
     assert back.members[1].history == ens.members[1].history
@@ -212,3 +212,27 @@ def test_load_state_refuses_wrong_shapes():
     net = default_registry().get_stage("architecture", "compact-unet")({**TINY, "base_filters": 8}).build(1, 1)
     with pytest.raises(InputError):
         load_state(net, ens.members[0].state)
+
+
+def test_the_architecture_comes_from_the_given_stage_or_registry_never_a_global_one():
+    from elit.registry import Registry
+
+    compact = default_registry().get_stage("architecture", "compact-unet")
+    spec, arrays = make_ensemble(2).to_arrays()
+    bare = Ensemble.from_arrays(spec, arrays)
+    with pytest.raises(InputError, match="no architecture stage"):
+        bare.predict(frames(1))
+
+    class Renamed(compact):  # the same network under a name only this registry knows
+        name = "renamed-unet"
+
+    own = Registry()
+    own.add_stage(Renamed, "test")
+    spec["architecture"] = "renamed-unet"
+    found = with_architecture(Ensemble.from_arrays(spec, arrays), own)
+    assert isinstance(found.architecture_stage(), Renamed)
+    np.testing.assert_array_equal(found.predict(frames(1)), make_ensemble(2).predict(frames(1)))
+    missing = with_architecture(Ensemble.from_arrays(spec, arrays))  # read fine; the name is looked up when needed
+    assert len(missing) == 2
+    with pytest.raises(Exception, match="renamed-unet"):
+        missing.predict(frames(1))

@@ -68,7 +68,7 @@ def ensemble():
     threads = torch.get_num_threads()  # tiny nets: one thread is faster on a busy CPU; restored after this module
     arch, sharp = _train_member((0.3, 0.4), 0.1, 3)
     _, blurred = _train_member((0.8, 1.0), 0.0, 2)
-    yield Ensemble(arch.name, arch.get_params(), 1, 1, ("atom",), [sharp, blurred], PX, "sigmoid")
+    yield Ensemble(arch.name, arch.get_params(), 1, 1, ("atom",), [sharp, blurred], PX, "sigmoid", stage=arch)
     torch.set_num_threads(threads)
 
 

@@ -664,15 +664,20 @@ class RunStore:
         with self._read() as f:
             return _read_arrays(self._get(f, path, h5py.Group))
 
-    def read_ensemble(self, iteration: int, kind: str = "trainer", name: str = "ensemble"):
-        """Rebuild the :class:`elit.ensemble.Ensemble` stored in a stage."""
+    def read_ensemble(self, iteration: int, kind: str = "trainer", name: str = "ensemble", registry=None):
+        """Rebuild the :class:`elit.ensemble.Ensemble` stored in a stage.
+
+        Its architecture is found by name in ``registry`` (default: the installed
+        plugins'; see :func:`elit.plugins.with_architecture`).
+        """
         from elit.ensemble import Ensemble
+        from elit.plugins import with_architecture
 
         path = f"{L.stage_path(iteration, kind)}/{L.check_name(name, 'ensemble name')}"
         if not self.has(path):
             raise StoreError(f"{self._path} holds no ensemble at {path}")
         spec, arrays = self.read_arrays(path)
-        return Ensemble.from_arrays(spec, arrays)
+        return with_architecture(Ensemble.from_arrays(spec, arrays), registry)
 
     def read_members(self, iteration: int, kind: str = "trainer", info: dict | None = None) -> dict[int, tuple[dict, dict]]:
         """Members made durable in an unfinished stage: ``{index: (spec, arrays)}``.

@@ -256,6 +256,7 @@ class MultiSWATrainer(EnsembleTrainer):
             training_set.pixel_size,
             activation,
             metadata=metadata,
+            stage=architecture,
         )
 
     # ------------------------------------------------------------------ internals
