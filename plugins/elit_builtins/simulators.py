@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -37,6 +38,7 @@ __all__ = [
     "GrapheneSimulator",
     "LatticeSimulator",
     "RangeConfig",
+    "RenderConfig",
     "atomic_number",
     "load_structures",
     "render_pair",
@@ -70,6 +72,31 @@ class RangeConfig(StageConfig):
                 if low > high:
                     raise ValueError(f"{name} must be (low, high) with low <= high, got ({low}, {high})")
         return self
+
+
+class RenderConfig(RangeConfig):
+    """The rendering settings every built-in simulator shares (image, atoms, probe, background, masks, noise).
+
+    A simulator whose defaults differ overrides them with :func:`rendering_default`,
+    which keeps the bounds and the description given here.
+    """
+
+    image_size: int = Field(128, ge=16, le=4096, description="Image height and width in pixels.")
+    atom_sigma_range: PositivePair = Field((0.25, 0.35), description="Gaussian width of an atom (column) in Angstrom.")
+    probe_sigma_range: NonNegativePair = Field((0.3, 0.5), description="Gaussian probe blur in Angstrom.")
+    probe_tail_range: TailPair = Field(
+        (0.0, 0.3), description="Fraction of the probe current in a broad tail (4x the probe width)."
+    )
+    background_range: NonNegativePair = Field(
+        (0.0, 0.3), description="Amplitude of a smooth random background, relative to the brightest atom."
+    )
+    mask_radius: float = Field(0.5, gt=0.0, le=5.0, description="Label disc radius in Angstrom.")
+    noise_sigma: float = Field(0.0, ge=0.0, le=1.0, description="Additive Gaussian noise (relative to the image range); 0: none.")
+
+
+def rendering_default(name: str, default):
+    """``RenderConfig``'s field ``name`` with another default (same bounds and description)."""
+    return FieldInfo.merge_field_infos(RenderConfig.model_fields[name], default=default)
 
 
 def atomic_number(element: str) -> int:
@@ -263,8 +290,7 @@ class GrapheneSimulator(Simulator):
     version = "1"
     description = "Graphene honeycomb with vacancies, holes, substitutional dopants and amorphous patches"
 
-    class Config(RangeConfig):
-        image_size: int = Field(128, ge=16, le=4096, description="Image height and width in pixels.")
+    class Config(RenderConfig):
         mode: Literal["random", "removal"] = Field(
             "random",
             description="random: each image a fresh lattice with random defects; removal: series in which atoms "
@@ -292,17 +318,10 @@ class GrapheneSimulator(Simulator):
             0.4, gt=0.0, lt=1.0, description="Fraction of the atoms on the image removed by the end of a series (removal mode)."
         )
         jitter: float = Field(0.05, ge=0.0, le=1.0, description="Thermal displacement (standard deviation) in Angstrom.")
-        atom_sigma_range: PositivePair = Field((0.25, 0.35), description="Gaussian width of an atom in Angstrom.")
-        probe_sigma_range: NonNegativePair = Field((0.3, 0.5), description="Gaussian probe blur in Angstrom.")
-        probe_tail_range: TailPair = Field((0.0, 0.3), description="Fraction of the probe current in a broad tail (4x the probe width)."
-        )
-        background_range: NonNegativePair = Field((0.0, 0.2), description="Amplitude of a smooth random background, relative to the brightest atom."
-        )
+        background_range: NonNegativePair = rendering_default("background_range", (0.0, 0.2))
         z_gamma: float = Field(1.7, ge=0.5, le=3.0, description="Peak height grows as Z ** z_gamma.")
         z_gamma_spread: float = Field(0.25, ge=0.0, le=1.0, description="Per image, the exponent is drawn from z_gamma +/- this.")
         intensity_jitter: float = Field(0.05, ge=0.0, le=0.5, description="Relative random spread of single atoms' peak heights.")
-        mask_radius: float = Field(0.5, gt=0.0, le=5.0, description="Label disc radius in Angstrom.")
-        noise_sigma: float = Field(0.0, ge=0.0, le=1.0, description="Additive Gaussian noise (relative to the image range); 0: none.")
         lattice_constant: float = Field(2.46, gt=1.0, le=5.0, description="Graphene lattice constant in Angstrom.")
 
         @field_validator("dopants")
@@ -489,8 +508,7 @@ class LatticeSimulator(Simulator):
     version = "1"
     description = "Square or cubic perovskite [001] lattice with displacements, vacancies and a second-phase island"
 
-    class Config(RangeConfig):
-        image_size: int = Field(128, ge=16, le=4096, description="Image height and width in pixels.")
+    class Config(RenderConfig):
         lattice: Literal["perovskite", "square"] = Field("perovskite", description="Cubic perovskite [001] (A and B sites) or a square lattice.")
         lattice_constant_range: LengthPair = Field((3.85, 3.96), description="Lattice constant range in Angstrom.")
         b_site_ratio_range: BrightnessPair = Field((0.3, 0.7), description="Peak height of B-site columns relative to A-site columns (perovskite)."
@@ -511,12 +529,9 @@ class LatticeSimulator(Simulator):
             "phase: 'matrix' and 'second-phase'.",
         )
         sublattice_names: tuple[str, str] = Field(("A", "B"), description="Class names of the A and B sites (labels: sublattice).")
-        atom_sigma_range: PositivePair = Field((0.25, 0.4), description="Gaussian width of a column in Angstrom.")
-        probe_sigma_range: NonNegativePair = Field((0.25, 0.45), description="Gaussian probe blur in Angstrom.")
-        probe_tail_range: TailPair = Field((0.0, 0.3), description="Fraction of the probe current in a broad tail.")
-        background_range: NonNegativePair = Field((0.0, 0.3), description="Amplitude of a smooth random background.")
-        mask_radius: float = Field(0.6, gt=0.0, le=5.0, description="Label disc radius in Angstrom.")
-        noise_sigma: float = Field(0.0, ge=0.0, le=1.0, description="Additive Gaussian noise (relative to the image range); 0: none.")
+        atom_sigma_range: PositivePair = rendering_default("atom_sigma_range", (0.25, 0.4))
+        probe_sigma_range: NonNegativePair = rendering_default("probe_sigma_range", (0.25, 0.45))
+        mask_radius: float = rendering_default("mask_radius", 0.6)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -733,7 +748,7 @@ class CoordinatesSimulator(Simulator):
     version = "1"
     description = "Atoms from files ASE reads (xyz, POSCAR/XDATCAR, CIF), projected along a zone axis"
 
-    class Config(RangeConfig):
+    class Config(RenderConfig):
         path: str = Field("", description="Coordinate file read with ASE (xyz/extxyz, POSCAR, XDATCAR, CIF, ...).")
         frames: str = Field(":", min_length=1, description="ASE index string of the frames to use: ':' all, '0:100:10', '-1'.")
         zone_axis: tuple[float, float, float] = Field(
@@ -743,19 +758,12 @@ class CoordinatesSimulator(Simulator):
             0.0, ge=0.0, le=1000.0, description="Slab thickness along the zone axis in Angstrom; 0: the structure's own extent."
         )
         random_rotation: bool = Field(True, description="Rotate each image by a random angle about the zone axis.")
-        image_size: int = Field(128, ge=16, le=4096, description="Image height and width in pixels.")
         classes: Literal["single", "element"] = Field(
             "single", description="single: one class 'atom'; element: one class per element (by the column's heaviest atom)."
         )
         z_gamma: float = Field(1.7, ge=0.5, le=3.0, description="Peak height grows as Z ** z_gamma (summed along a column).")
         column_tolerance: float = Field(0.3, ge=0.0, le=2.0, description="Atoms closer than this (Angstrom, projected) form one column.")
         jitter: float = Field(0.0, ge=0.0, le=1.0, description="Extra random displacement in Angstrom (the file's own positions otherwise).")
-        atom_sigma_range: PositivePair = Field((0.25, 0.35), description="Gaussian width of an atom in Angstrom.")
-        probe_sigma_range: NonNegativePair = Field((0.3, 0.5), description="Gaussian probe blur in Angstrom.")
-        probe_tail_range: TailPair = Field((0.0, 0.3), description="Fraction of the probe current in a broad tail.")
-        background_range: NonNegativePair = Field((0.0, 0.3), description="Amplitude of a smooth random background.")
-        mask_radius: float = Field(0.5, gt=0.0, le=5.0, description="Label disc radius in Angstrom.")
-        noise_sigma: float = Field(0.0, ge=0.0, le=1.0, description="Additive Gaussian noise (relative to the image range); 0: none.")
 
     def _structures(self):
         if not self.config.path:
