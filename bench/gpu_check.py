@@ -193,7 +193,7 @@ def main(argv=None) -> None:
             for i in range(args.members):
                 torch.manual_seed(i)
                 members.append(Member(state_to_arrays(arch.build(1, 1)), i))
-            ens = Ensemble("compact-unet", arch.get_params(), 1, 1, ("C",), members, 0.2, "sigmoid")
+            ens = Ensemble("compact-unet", arch.get_params(), 1, 1, ("C",), members, 0.2, "sigmoid", stage=arch)
 
     # ---------------------------------------------------------------- inference
     frames = np.random.default_rng(1).random((args.frames, frame_size, frame_size)).astype(np.float32)

@@ -65,7 +65,8 @@ def make_ensemble(n_members: int, steps: int, device: str, seed: int = 0):
             state[key] = value
         members.append(Member(state=state, seed=seed + i))
     return Ensemble(base.architecture, base.architecture_params, base.in_channels, base.out_channels, base.class_names,
-                    members, base.pixel_size, base.activation, metadata={"note": "bench: jittered copies of one member"})
+                    members, base.pixel_size, base.activation, metadata={"note": "bench: jittered copies of one member"},
+                    stage=base.stage)
 
 
 def stats(values) -> dict:
