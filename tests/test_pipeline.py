@@ -91,6 +91,32 @@ def test_atoms_are_stored_once_and_read_back_in_working_pixels(run):
         np.testing.assert_allclose(working.scaled(1.0 / factor).positions(), on_input.positions(), atol=1e-9)
 
 
+def test_long_movies_are_prepared_and_combined_in_chunks_with_the_same_result(run):
+    """Frames resampled 16 at a time and mean/std made per chunk equal the whole-stack computation."""
+    from elit.config import load_config
+    from elit.pipeline import PREPARE_CHUNK, combine_members, prepare_frames
+    from elit.scale import normalize, resample
+    from elit.store.precision import ProbabilityMaps, quantize
+
+    _, result, _ = run
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(5.0, size=(PREPARE_CHUNK + 5, 48, 40)).astype(np.float32)
+    scale = load_config(overrides=["scale.pixel_size=0.2"]).scale
+    working, px, factor = prepare_frames(frames, 0.1, scale)
+    np.testing.assert_array_equal(working, normalize(resample(frames, factor)))
+    ens = result.ensemble
+    predicted = ens.predict(working)
+    maps = ProbabilityMaps.empty(predicted.shape)
+    maps.put(slice(None), predicted)
+    mean, std, atoms = combine_members(ens, maps, None, 0.5, chunk=4)
+    whole_mean, whole_std = ens.mean_std(maps)
+    assert mean.dtype == np.uint8  # kept in the maps' precision, never as a float32 movie
+    np.testing.assert_array_equal(mean, quantize(whole_mean, "uint8"))
+    np.testing.assert_array_equal(std, quantize(whole_std, "uint8"))
+    _, _, at_once = combine_members(ens, maps, None, 0.5, chunk=len(working))
+    np.testing.assert_array_equal(atoms.positions(), at_once.positions())
+
+
 def test_conditions_are_measured_and_applied(run):
     """The frames' noise is measured and the augmenter's shot noise is set to it, with provenance."""
     import json

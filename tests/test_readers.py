@@ -118,6 +118,16 @@ def test_validate_nan_refused_or_filled():
     finite = img[1][np.isfinite(img[1])]
     assert out[1, 3, 4] == out[1, 5, 6] == np.float32(np.median(finite))
     assert np.isfinite(out).all() and any("replaced 2" in n for n in notes)
+    assert np.isnan(img[1, 3, 4]) and np.isinf(img[1, 5, 6])  # filled in a copy, not in the caller's array
+
+
+def test_validate_does_not_copy_float32_frames_and_never_writes_to_them():
+    movie = ramp(n=3).astype(np.float32)
+    out, notes = validate_frames(movie)
+    assert np.shares_memory(out, movie) and not notes
+    with pytest.raises(ValueError, match="read-only"):
+        out[0, 0, 0] = 1.0
+    assert movie.flags.writeable  # the caller's array is unchanged
 
 
 @pytest.mark.parametrize(
