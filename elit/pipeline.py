@@ -268,6 +268,7 @@ class Pipeline:
 
         working, input_px, factor = self.prepare(frames, pixel_size)
         runner = _Runner(self, rs, working, input_px, factor, device, input_name, on_iteration)
+        del working  # the runner alone holds the working frames (it lets them go before the result is made)
         runner.raw = np.asarray(frames)[None] if np.ndim(frames) == 2 else np.asarray(frames)
         from elit.executors import make_executor
 
@@ -719,7 +720,9 @@ class _Runner:
         self.report_result(result_it)
 
         members = state.selection.members if result_it == 0 else list(range(len(state.ensemble)))
-        mean, std = state.ensemble.mean_std(self.maps(state), members)
+        maps = self.maps(state)
+        self.frames = None  # not needed any more: a long movie's working frames are let go before mean and std
+        mean, std = state.ensemble.mean_std(maps, members)
         self.store.write_summary([s.as_dict() for s in self.summaries])
         return RunResult(
             path=None,

@@ -39,18 +39,28 @@ def atom_signal(raw_frames, atoms: AtomTable, pixel_size_A: float, sigma_A: floa
     sigma_A : float
         Width of the matched filter (about the atom peak's width).
     """
-    frames = np.asarray(raw_frames, dtype=np.float64)
+    frames = _stack(raw_frames)
+    out = np.zeros(len(atoms))
+    for f, idx, smooth in _smoothed_frames(frames, atoms, pixel_size_A, sigma_A):
+        out[idx] = ndimage.map_coordinates(smooth, [atoms.row[idx], atoms.col[idx]], order=1, mode="nearest")
+    return out
+
+
+def _stack(raw_frames) -> np.ndarray:
+    frames = np.asarray(raw_frames)  # each frame goes to float64 on its own: a long movie is not copied whole
     if frames.ndim == 2:
         frames = frames[None]
     if frames.ndim != 3:
         raise InputError(f"raw_frames must be (N, H, W) or (H, W), got shape {frames.shape}")
-    out = np.zeros(len(atoms))
+    return frames
+
+
+def _smoothed_frames(frames: np.ndarray, atoms: AtomTable, pixel_size_A: float, sigma_A: float):
+    """``(frame, atom indices, smoothed frame)`` for every frame that holds atoms."""
     sigma_px = max(0.3, sigma_A / pixel_size_A)
     for f in np.unique(atoms.frame):
-        idx = np.flatnonzero(atoms.frame == f)
-        smooth = ndimage.gaussian_filter(frames[int(f)], sigma_px, mode="nearest")
-        out[idx] = ndimage.map_coordinates(smooth, [atoms.row[idx], atoms.col[idx]], order=1, mode="nearest")
-    return out
+        smooth = ndimage.gaussian_filter(frames[int(f)].astype(np.float64), sigma_px, mode="nearest")
+        yield int(f), np.flatnonzero(atoms.frame == f), smooth
 
 
 def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: float, sigma_A: float = 0.45) -> np.ndarray:
@@ -65,16 +75,12 @@ def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: flo
     flags = np.zeros(len(atoms), dtype=bool)
     if fraction == 0 or len(atoms) == 0:
         return flags
-    frames = np.asarray(raw_frames, dtype=np.float64)
-    frames = frames[None] if frames.ndim == 2 else frames
-    signal = atom_signal(frames, atoms, pixel_size_A, sigma_A)
-    sigma_px = max(0.3, sigma_A / pixel_size_A)
-    for f in np.unique(atoms.frame):
-        idx = np.flatnonzero(atoms.frame == f)
-        dark = float(np.percentile(ndimage.gaussian_filter(frames[int(f)], sigma_px, mode="nearest"), 1.0))
-        typical = float(np.median(signal[idx])) - dark
+    for _f, idx, smooth in _smoothed_frames(_stack(raw_frames), atoms, pixel_size_A, sigma_A):
+        signal = ndimage.map_coordinates(smooth, [atoms.row[idx], atoms.col[idx]], order=1, mode="nearest")
+        dark = float(np.percentile(smooth, 1.0))
+        typical = float(np.median(signal)) - dark
         if typical > 0:
-            flags[idx] = signal[idx] - dark < fraction * typical
+            flags[idx] = signal - dark < fraction * typical
     return flags
 
 
