@@ -694,6 +694,7 @@ class _Runner:
             s = self.summarize(it, "experimental", new_state, time.perf_counter() - t0)
             if not self.judge(it, state, new_state):
                 s.accepted, stopped = False, it
+                new_state.predictions = None  # a rejected iteration's maps are not held beside the result's
                 break
             state, result_it = new_state, it
             if self._converged(prev, s):
@@ -715,6 +716,7 @@ class _Runner:
                     state, result_it = new_state, it
                 else:
                     s.accepted = False
+                    new_state.predictions = None
         if stopped is not None:
             log.info("retraining stopped at iteration %d by the guard", stopped)
         self.report_result(result_it)
