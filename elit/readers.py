@@ -361,7 +361,8 @@ def validate_frames(
                 f"{source}: {count} NaN/Inf pixel(s) in frame(s) {where}; fix the data or use nan_policy='fill' "
                 "(replace them by the frame's median)"
             )
-        out = np.array(out, dtype=np.float32)  # filled in a copy, never in the caller's array
+        if not out.flags.writeable:
+            out = out.copy()  # filled in a copy, never in the caller's array
         for i in frames_bad:
             bad = ~np.isfinite(out[i])
             good = out[i][~bad]
