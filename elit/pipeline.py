@@ -475,7 +475,6 @@ class _Runner:
         from elit.store.precision import ProbabilityMaps
 
         precision, chunk = self.cfg.store.probabilities, self.cfg.store.frames_per_chunk
-        maps = None
         if self.executor is not None and getattr(self.executor, "kind", "local") != "local":
             from elit.executors import predict_frame_chunks  # chunks of frames as tasks, quantized as they arrive
 
@@ -483,11 +482,7 @@ class _Runner:
                                          device=str(self.device))
         else:
             parts = ensemble.predict_chunks(self.frames, chunk=chunk, device=self.device, progress=False)
-        for sl, pred in parts:
-            if maps is None:
-                maps = ProbabilityMaps.empty((pred.shape[0], len(self.frames)) + pred.shape[2:], precision)
-            maps.put(sl, pred)
-        return maps
+        return ProbabilityMaps.from_chunks(parts, len(self.frames), precision)
 
     def _stored_maps(self, it: int, ensemble):
         """The member maps of a finished predict step: read back, or predicted again where only some were kept."""

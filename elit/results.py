@@ -164,12 +164,14 @@ def predict_file(
     )
     from elit.readers import read_image
     from elit.store import RunStore
+    from elit.store.precision import ProbabilityMaps
 
     ensemble, config, it = load_ensemble(result, iteration)
     image = read_image(data)
     working, input_px, factor = prepare_frames(image.frames, pixel_size or image.pixel_size, config.scale)
     dev = resolve_device(device or config.device)
-    preds = ensemble.predict(working, device=dev, progress=True)
+    parts = ensemble.predict_chunks(working, chunk=config.store.frames_per_chunk, device=dev)  # bounded memory
+    preds = ProbabilityMaps.from_chunks(_chunk_progress(parts, len(working)), len(working), config.store.probabilities)
     mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold,
                                        border_fit=config.locate.border_fit)
     atoms, location = finish_atoms(atoms, image.frames, input_px, config.scale.pixel_size, config.locate,
@@ -187,6 +189,16 @@ def predict_file(
         write_predictions(st, preds, mean, std, atoms, config.scale.pixel_size, factor, used)
         st.add_json("location", location)
     return len(atoms)
+
+
+def _chunk_progress(parts, n_frames: int):
+    """``parts`` (frame chunks of predictions) passed through, with a progress bar over the frames."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n_frames, desc="frames", unit="frame", disable=None) as bar:
+        for sl, pred in parts:
+            yield sl, pred
+            bar.update(sl.stop - sl.start)
 
 
 def continue_with_members(result: str | Path, members: list[int]):

@@ -241,11 +241,14 @@ def test_locate_classify_names_atoms_and_trains_one_class(tmp_path):
 
 def test_predict_file_finishes_atoms_as_the_run_did(tmp_path):
     """`elit predict` with a run's last ensemble on the run's own frames gives the run's atoms: the same
-    vacuum filter, fit on the raw frames and classes."""
+    vacuum filter, fit on the raw frames and classes; its maps are predicted a chunk of frames at a time and
+    kept in the run's precision, as the run's were."""
     from elit.results import predict_file, read_atoms
+    from elit.store import RunStore
 
     cfg = {**tiny_config(max_iterations=1, guard=False),
-           "classifier": {"name": "relative", "params": {"class_names": ["C", "Si"]}}, "locate": {"classify": True}}
+           "classifier": {"name": "relative", "params": {"class_names": ["C", "Si"]}}, "locate": {"classify": True},
+           "store": {"frames_per_chunk": 1}}
     frames, _ = toy_frames(2, 48)
     np.save(tmp_path / "f.npy", (frames * 100 + 7).astype(np.float32))
     Pipeline(cfg, refiner=TruthRefiner()).run(frames * 100 + 7, store=tmp_path / "r.h5")
@@ -256,5 +259,8 @@ def test_predict_file_finishes_atoms_as_the_run_did(tmp_path):
     assert again.class_names == ("C", "Si") and ran.row_refined is not None
     np.testing.assert_array_equal(again.frame, ran.frame)
     np.testing.assert_array_equal(again.class_index, ran.class_index)
-    for name in ("row", "col", "row_refined", "col_refined"):  # the run located on its uint8-stored maps
-        np.testing.assert_allclose(getattr(again, name), getattr(ran, name), atol=0.02, err_msg=name)
+    for name in ("row", "col", "row_refined", "col_refined"):  # both located on the same uint8 maps
+        np.testing.assert_allclose(getattr(again, name), getattr(ran, name), atol=1e-9, err_msg=name)
+    stored = RunStore.open(tmp_path / "p.h5", mode="r").read_image("/iterations/iter_000/predict/member_probabilities",
+                                                                    raw=True)
+    assert stored.dtype == np.uint8 and stored.shape[1] == 2

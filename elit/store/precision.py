@@ -77,6 +77,22 @@ class ProbabilityMaps:
         """Maps of ``shape`` to be filled with :meth:`put`."""
         return cls(np.zeros(tuple(shape), dtype=check_precision(precision)))
 
+    @classmethod
+    def from_chunks(cls, parts, n_frames: int, precision: str = "uint8") -> ProbabilityMaps:
+        """Maps of ``n_frames`` frames filled from ``(frame_slice, maps)`` chunks as they arrive.
+
+        ``parts`` is what :meth:`elit.ensemble.Ensemble.predict_chunks` yields; only one
+        chunk is held as float32 at a time.
+        """
+        maps = None
+        for sl, pred in parts:
+            if maps is None:
+                maps = cls.empty((pred.shape[0], n_frames) + tuple(pred.shape[2:]), precision)
+            maps.put(sl, pred)
+        if maps is None:
+            raise ValueError("no frames were predicted")
+        return maps
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.values.shape
