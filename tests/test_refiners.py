@@ -49,11 +49,15 @@ def in_corner(t, margin=0.0):
     return (t.row > CORNER + margin) & (t.col > CORNER + margin)
 
 
-def test_gmm_patches_drops_amorphous_keeps_lattice(scene):
+@pytest.mark.parametrize("fit_atoms", [20_000, 100], ids=["all-atoms", "fitted-on-a-draw"])
+def test_gmm_patches_drops_amorphous_keeps_lattice(scene, fit_atoms):
+    """Fitted on every atom, or (a long movie's way) on a draw of 100 with every atom assigned after."""
     frames, preds, atoms = scene
-    ref = GmmPatchRefiner(n_samples=4, crop_A=8.0).refine(
+    assert len(atoms) > 4 * 100
+    ref = GmmPatchRefiner(n_samples=4, crop_A=8.0, fit_atoms=fit_atoms).refine(
         frames, preds, Selection([0], np.ones(1)), atoms, np.random.default_rng(0), PX
     )
+    assert any(("fitted on 100 of" in r) == (fit_atoms == 100) for r in ref.reasons if "clustered" in r)
     assert len(ref.kept) + len(ref.dropped) == len(atoms)
     deep = in_corner(atoms, margin=6)  # well inside the amorphous patch
     lattice = (atoms.row < CORNER - 12) | (atoms.col < CORNER - 12)  # well outside it
@@ -63,6 +67,18 @@ def test_gmm_patches_drops_amorphous_keeps_lattice(scene):
     assert kept[deep].mean() < 0.05
     assert ref.frames_used == [0, 1]
     assert any("clustered" in r for r in ref.reasons)
+
+
+def test_cluster_order_is_the_same_a_chunk_of_patches_at_a_time():
+    from elit_builtins.refiners import _cluster_order
+
+    rng = np.random.default_rng(1)
+    patches = rng.normal(size=(503, 9, 9)).astype(np.float32)
+    patches[:250, 4, 6] += 3.0  # group 0's mean patch has a neighbour
+    groups = (np.arange(503) >= 250).astype(int)
+    whole = _cluster_order(patches, groups, 2, 1.5)
+    np.testing.assert_allclose(_cluster_order(patches, groups, 2, 1.5, chunk=64), whole, rtol=1e-12)
+    assert whole[0] > 3 * whole[1]
 
 
 def test_gmm_patches_keeps_a_pure_lattice_whole():

@@ -297,6 +297,10 @@ class GmmPatchRefiner(_ExperimentRefiner):
             ge=0, le=10,
         )
         min_atoms: int = Field(20, description="with fewer atoms no clustering is done and all are kept", ge=2)
+        fit_atoms: int = Field(
+            20_000, description="the PCA and the mixture are fitted on at most this many atoms (a random draw), then "
+            "every atom is assigned; bounds the memory of a long movie", ge=100,
+        )
 
     def split_atoms(self, frames, atoms, rng, pixel_size):
         from sklearn.decomposition import PCA
@@ -320,20 +324,30 @@ class GmmPatchRefiner(_ExperimentRefiner):
         fit_atoms = atoms.select(interior)
         fit_atoms.frame = local_frame.reshape(-1)[interior]
         patches = atom_patches(norm, fit_atoms, half)
+        del norm
         if cfg.symmetrize:
-            patches = 0.5 * (patches + patches[:, ::-1, ::-1])
-        x = patches.reshape(len(fit_atoms), -1).astype(np.float64)
-        n_pca = int(min(cfg.pca_components, len(fit_atoms) - 1, x.shape[1]))
+            patches += patches[:, ::-1, ::-1].copy()
+            patches *= 0.5
+        n_fit, n_px = len(fit_atoms), patches[0].size
+        n_pca = int(min(cfg.pca_components, n_fit - 1, n_px))
         seed = int(rng.integers(2**31 - 1))
-        feats = PCA(n_components=n_pca, random_state=seed).fit_transform(x)
+        pca = PCA(n_components=n_pca, random_state=seed)
         gmm = GaussianMixture(n_components=cfg.n_components, covariance_type="full", random_state=seed, reg_covar=1e-4)
         comp = np.full(n, -1)
-        comp[interior] = gmm.fit_predict(feats)
+        if n_fit <= cfg.fit_atoms:
+            comp[interior] = gmm.fit_predict(pca.fit_transform(patches.reshape(n_fit, n_px).astype(np.float64)))
+        else:  # fitted on a draw; every atom assigned a chunk at a time (float64 features of all are never held)
+            draw = np.sort(np.random.default_rng(seed).choice(n_fit, cfg.fit_atoms, replace=False))
+            gmm.fit(pca.fit_transform(patches[draw].reshape(len(draw), n_px).astype(np.float64)))
+            comp[interior] = np.concatenate([
+                gmm.predict(pca.transform(patches[s : s + cfg.fit_atoms].reshape(-1, n_px).astype(np.float64)))
+                for s in range(0, n_fit, cfg.fit_atoms)
+            ])
         edge = np.flatnonzero(~interior)
         if len(edge):
             comp[edge] = _vote_from_neighbours(atoms, interior, comp, edge, cfg.n_components)
         sizes = np.bincount(comp, minlength=cfg.n_components)
-        order = _cluster_order(patches, comp[interior], cfg.n_components, cfg.centre_A / pixel_size)
+        order = _cluster_order(patches, comp[interior], cfg.n_components, cfg.centre_A / pixel_size, cfg.fit_atoms)
         if cfg.keep == "largest":
             kept_groups = [int(np.argmax(sizes))]
         else:
@@ -346,6 +360,7 @@ class GmmPatchRefiner(_ExperimentRefiner):
         reasons = [
             f"patches of {2 * half + 1} px clustered into {cfg.n_components} groups of sizes {sizes.tolist()}; "
             f"order of their mean patches {np.round(order, 2).tolist()}; kept group(s) {kept_groups} ({cfg.keep})"
+            + (f"; PCA and mixture fitted on {cfg.fit_atoms} of {n_fit} atoms" if n_fit > cfg.fit_atoms else "")
         ]
         return keep, reasons
 
@@ -370,27 +385,39 @@ def _vote_from_neighbours(atoms: AtomTable, interior: np.ndarray, comp: np.ndarr
     return out
 
 
-def _cluster_order(patches: np.ndarray, groups: np.ndarray, n_groups: int, centre_px: float) -> np.ndarray:
+def _cluster_order(patches: np.ndarray, groups: np.ndarray, n_groups: int, centre_px: float,
+                   chunk: int = 20_000) -> np.ndarray:
     """How much lattice structure each group's mean patch shows, in units of the patch noise.
 
     Patches centred on atoms of a crystal average to a sharp picture of the
     neighbours; patches from amorphous regions or holes average to a smooth
     blur.  Per group, the spatial spread of the mean patch outside the centre
     (bias-corrected for the group's size) is divided by the pooled per-pixel
-    standard deviation within groups.
+    standard deviation within groups.  Patches are taken ``chunk`` at a time
+    (in float64), so a long movie's patches are never copied whole.
     """
     size = patches.shape[-1]
     off = np.arange(size) - size // 2
     outer = np.hypot(off[:, None], off[None, :]) > centre_px
-    x = patches[:, outer].astype(np.float64)
-    pooled = 0.0
-    means = np.zeros((n_groups, x.shape[1]))
+    n_px = int(outer.sum())
     counts = np.bincount(groups, minlength=n_groups)
-    for g in range(n_groups):
-        if counts[g]:
-            means[g] = x[groups == g].mean(axis=0)
-            pooled += ((x[groups == g] - means[g]) ** 2).sum()
-    pooled = pooled / max(len(x) * x.shape[1], 1)
+
+    def parts():
+        for s in range(0, len(patches), chunk):
+            yield patches[s : s + chunk][:, outer].astype(np.float64), groups[s : s + chunk]
+
+    means = np.zeros((n_groups, n_px))
+    for x, g_of in parts():
+        for g in range(n_groups):
+            if counts[g]:
+                means[g] += x[g_of == g].sum(axis=0)
+    means /= np.maximum(counts, 1)[:, None]
+    pooled = 0.0
+    for x, g_of in parts():
+        for g in range(n_groups):
+            if counts[g]:
+                pooled += ((x[g_of == g] - means[g]) ** 2).sum()
+    pooled = pooled / max(len(patches) * n_px, 1)
     order = np.zeros(n_groups)
     for g in range(n_groups):
         if counts[g]:
