@@ -333,14 +333,17 @@ class GmmPatchRefiner(_ExperimentRefiner):
         seed = int(rng.integers(2**31 - 1))
         pca = PCA(n_components=n_pca, random_state=seed)
         gmm = GaussianMixture(n_components=cfg.n_components, covariance_type="full", random_state=seed, reg_covar=1e-4)
+        def features(p):
+            return p.reshape(len(p), n_px).astype(np.float64)
+
         comp = np.full(n, -1)
         if n_fit <= cfg.fit_atoms:
-            comp[interior] = gmm.fit_predict(pca.fit_transform(patches.reshape(n_fit, n_px).astype(np.float64)))
+            comp[interior] = gmm.fit_predict(pca.fit_transform(features(patches)))
         else:  # fitted on a draw; every atom assigned a chunk at a time (float64 features of all are never held)
             draw = np.sort(np.random.default_rng(seed).choice(n_fit, cfg.fit_atoms, replace=False))
-            gmm.fit(pca.fit_transform(patches[draw].reshape(len(draw), n_px).astype(np.float64)))
+            gmm.fit(pca.fit_transform(features(patches[draw])))
             comp[interior] = np.concatenate([
-                gmm.predict(pca.transform(patches[s : s + cfg.fit_atoms].reshape(-1, n_px).astype(np.float64)))
+                gmm.predict(pca.transform(features(patches[s : s + cfg.fit_atoms])))
                 for s in range(0, n_fit, cfg.fit_atoms)
             ])
         edge = np.flatnonzero(~interior)
