@@ -16,6 +16,8 @@ Usage::
     nice -n 10 python bench/long_movie.py                    # 100, 300 and 1000 frames
     python bench/long_movie.py --frames 20 --set trainer.params.steps=10   # a quick check
     python bench/long_movie.py --frames 100 --kill-after 400 # also: SIGKILL at 400 s, --resume, compare atoms
+    python bench/long_movie.py --frames 1000 --kill-after 900 --kill-only --workdir W
+        # only the kill and resume, compared with W/movie_1000.csv of an earlier uninterrupted run
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (default: none)")
     ap.add_argument("--kill-after", type=float, help="after the runs, SIGKILL a run of the first length at this many s, resume it, compare atoms")
+    ap.add_argument("--kill-only", action="store_true",
+                    help="skip the timed runs; compare the resumed run with movie_N.csv already in --workdir")
     ap.add_argument("--workdir", help="where run files go (default: a temporary folder)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--make-movie", type=int, help=argparse.SUPPRESS)
@@ -121,12 +125,15 @@ def main() -> None:
     if args.child:
         child(args.child, Path(args.out), args.set, args.resume)
         return
+    if args.kill_only and not (args.kill_after and args.workdir):
+        ap.error("--kill-only needs --kill-after and the --workdir of an earlier uninterrupted run")
     tmp = tempfile.TemporaryDirectory(prefix="elit-long-") if not args.workdir else None
     work = Path(args.workdir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'frames':>7} {'wall s':>8} {'s/frame':>8} {'peak RSS GB':>12} {'MB/frame':>9} {'atoms':>8}", flush=True)
+    if not args.kill_only:
+        print(f"{'frames':>7} {'wall s':>8} {'s/frame':>8} {'peak RSS GB':>12} {'MB/frame':>9} {'atoms':>8}", flush=True)
     rows = []
-    for n in args.frames:
+    for n in [] if args.kill_only else args.frames:
         t = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--make-movie", str(n), "--out", str(movie_path(work, n))], check=True)
         print(f"  (the {n}-frame movie: {time.perf_counter() - t:.0f} s)", flush=True)
@@ -138,10 +145,15 @@ def main() -> None:
         print(f"s/frame at {rows[-1]['frames']} / at {rows[0]['frames']}: {rows[-1]['s_per_frame'] / rows[0]['s_per_frame']:.2f}")
     if args.kill_after:
         n = args.frames[0]
+        reference = work / f"movie_{n}.csv"
+        if not reference.exists():
+            raise SystemExit(f"no uninterrupted run to compare with: {reference} is missing")
+        if not movie_path(work, n).exists():
+            raise SystemExit(f"the movie is missing: {movie_path(work, n)}")
         out = work / f"killed_{n}.h5"
         assert run_child(n, out, args.set, kill_after=args.kill_after) is None, "the run ended before the kill"
         r = run_child(n, out, args.set, resume=True)
-        same = out.with_suffix(".csv").read_bytes() == (work / f"movie_{n}.csv").read_bytes()
+        same = out.with_suffix(".csv").read_bytes() == reference.read_bytes()
         print(f"killed at {args.kill_after:.0f} s and resumed: {r['atoms']} atoms, atoms.csv identical to the uninterrupted run: {same}")
     if tmp is not None:
         tmp.cleanup()
