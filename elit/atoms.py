@@ -74,6 +74,85 @@ def blob_statistics(prob: np.ndarray, labels: np.ndarray, n: int, threshold: flo
     return {"area": area, "row": row, "col": col, "peak": peak[1:], "mean": psum / np.maximum(area, 1)}
 
 
+def split_merged_blobs(prob: np.ndarray, labels: np.ndarray, n: int, threshold: float, min_core: int = 2):
+    """Split the blobs that hold two or more atoms joined by a thin bridge.
+
+    Two neighbouring atoms whose discs the map joins by a bridge just above the
+    threshold (a bond at the edge of a hole or at the frame border, where an atom
+    lacks its other neighbours) make one blob, and its centroid lies between them.
+    Each blob's cores (4-connected pixels with ``p`` at least halfway from the
+    threshold to 1, of at least ``min_core`` pixels) mark its atoms.  A blob is
+    split when it has two or more cores whose centroids lie at least the
+    diameter of a typical blob apart (the equivalent diameter of the median
+    blob with one core), so a single atom with a noisy top stays whole; each of
+    its pixels goes to the nearest core.
+
+    Parameters
+    ----------
+    prob : ndarray, shape (H, W)
+        Probability map.
+    labels : ndarray of int, shape (H, W)
+        Its blob labels ``1..n`` at ``threshold``.
+    n : int
+        Number of blobs.
+    threshold : float
+        The threshold that made the blobs.
+    min_core : int
+        Smallest core, in pixels.
+
+    Returns
+    -------
+    labels : ndarray of int
+        New labels ``1..n_new`` (the input is not changed).
+    n_new : int
+        Number of blobs after splitting.
+    """
+    if n == 0:
+        return labels, n
+    level = threshold + 0.5 * (1.0 - threshold)
+    cores, n_cores = ndimage.label((prob >= level) & (labels > 0))
+    if n_cores < 2:
+        return labels, n
+    core_area = np.bincount(cores.ravel(), minlength=n_cores + 1)
+    valid = core_area >= min_core
+    valid[0] = False
+    parent = np.zeros(n_cores + 1, dtype=np.int64)
+    flat = cores.ravel()
+    parent[flat] = labels.ravel()
+    per_blob = np.bincount(parent[valid], minlength=n + 1)
+    if not (per_blob[1:] >= 2).any():
+        return labels, n
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    single = area[per_blob[1:] == 1]
+    if len(single) < 3:
+        return labels, n
+    diameter = 2.0 * np.sqrt(np.median(single) / np.pi)
+    idx = np.arange(n_cores + 1)
+    rows, cols = np.indices(prob.shape)
+    c_row = ndimage.mean(rows, cores, idx[1:])
+    c_col = ndimage.mean(cols, cores, idx[1:])
+    out = labels.copy()
+    n_new = n
+    objects = ndimage.find_objects(labels)
+    for b in np.flatnonzero(per_blob >= 2):
+        ids = np.flatnonzero(valid & (parent == b))
+        pts = np.c_[c_row[ids - 1], c_col[ids - 1]]
+        d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        if d.min() < diameter:
+            continue
+        box = objects[b - 1]
+        inside = labels[box] == b
+        core_box = np.where(np.isin(cores[box], ids), cores[box], 0)
+        _, (ir, ic) = ndimage.distance_transform_edt(core_box == 0, return_indices=True)
+        nearest = core_box[ir, ic]
+        part = np.searchsorted(ids, nearest)  # 0 .. len(ids) - 1
+        new = np.where(part == 0, b, n_new + part)
+        out[box][inside] = new[inside]
+        n_new += len(ids) - 1
+    return out, n_new
+
+
 def _radial_profile(prob, labels, row, col, ids, reach: float, step: float) -> np.ndarray:
     """Mean of ``prob`` against the distance from the centres ``(row, col)`` of blobs ``ids`` (bins of ``step``).
 
@@ -335,6 +414,7 @@ def locate_atoms(
     frame_offset: int = 0,
     refine: bool = False,
     border_fit: bool = False,
+    split_merged: bool = False,
 ) -> AtomTable:
     """Find atoms as blobs of high probability.
 
@@ -368,6 +448,9 @@ def locate_atoms(
     border_fit : bool
         Place the blobs cut by the frame border with :func:`fit_border_blobs`
         (their centroids lie too far inside the frame).
+    split_merged : bool
+        Split the blobs that hold two atoms joined by a thin bridge
+        (:func:`split_merged_blobs`).
 
     Returns
     -------
@@ -423,6 +506,8 @@ def locate_atoms(
             if not mask.any():
                 continue
             labels, n = ndimage.label(mask)
+            if split_merged:
+                labels, n = split_merged_blobs(p, labels, n, threshold)
             stats = blob_statistics(p, labels, n, threshold)
             big = stats["area"] >= min_area
             if not big.any():

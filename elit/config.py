@@ -106,6 +106,10 @@ class LocateConfig(_Strict):
         True, description="Place the atoms cut by the frame border by fitting the frame's whole-blob profile to what is "
         "visible (elit.atoms.fit_border_blobs); their centroids lie inside the frame by up to the blob radius.",
     )
+    split_merged: bool = Field(
+        True, description="Split a blob that holds two atoms joined by a thin bridge of probability (a bond at a hole's edge "
+        "or the frame border) at its cores (elit.atoms.split_merged_blobs); its centroid lies between the two atoms.",
+    )
     refine: bool = Field(True, description="Also fit every atom with a Gaussian on the raw frame at its own pixel size (elit.localize).")
     positions: Literal["network", "refined"] = Field(
         "network", description="Which position x, y report: the ensemble's (network) or the Gaussian fit's (refined); "
@@ -116,6 +120,10 @@ class LocateConfig(_Strict):
         "the raw frames (e.g. C and Si, or a perovskite's A and B sites); the loop still trains on one class. A "
         "multi-class ensemble's atoms keep the network's classes.",
     )
+
+    def blob_options(self) -> dict:
+        """The options of :func:`elit.atoms.locate_atoms` set here."""
+        return {"border_fit": self.border_fit, "split_merged": self.split_merged}
 
 
 class DataConfig(_Strict):

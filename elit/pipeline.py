@@ -520,7 +520,7 @@ class _Runner:
             )
         members = selection.members if it == 0 else list(range(len(ensemble)))
         mean, std, atoms = combine_members(ensemble, preds, members, self.cfg.iterations.threshold, chunk=chunk,
-                                           border_fit=self.cfg.locate.border_fit)
+                                           **self.cfg.locate.blob_options())
         atoms, location = self.finish_atoms(atoms)
         used = [self.path(it, "trainer", "ensemble"), self.input_path]
         if not selector_done:
@@ -840,14 +840,15 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
 
 
 def combine_members(ensemble, preds, members: list[int] | None, threshold: float, chunk: int = 32,
-                    border_fit: bool = True):
+                    border_fit: bool = True, split_merged: bool = True):
     """Mean and std of the chosen members' maps, and the atoms located in the mean (working pixels).
 
     ``preds`` is an ``(M, N, K, H, W)`` array or :class:`~elit.store.precision.ProbabilityMaps`;
     mean and std are made and atoms located ``chunk`` frames at a time (the same atoms as all at
     once), and mean and std are returned in the maps' stored precision (uint8: p = q/255), so a
     long movie's maps are never held as float32 whole.  ``border_fit`` places the blobs cut by the
-    frame border (:func:`elit.atoms.fit_border_blobs`).
+    frame border (:func:`elit.atoms.fit_border_blobs`); ``split_merged`` splits the blobs that hold two
+    atoms (:func:`elit.atoms.split_merged_blobs`).
     """
     from elit.atoms import locate_atoms
     from elit.data import AtomTable
@@ -864,7 +865,7 @@ def combine_members(ensemble, preds, members: list[int] | None, threshold: float
         m, sd = ensemble.mean_std(part)
         tables.append(locate_atoms(
             m, threshold=threshold, uncertainty=sd, member_probabilities=part, class_names=ensemble.class_names,
-            frame_offset=f0, border_fit=border_fit,
+            frame_offset=f0, border_fit=border_fit, split_merged=split_merged,
         ))
         mean[f0 : f0 + chunk], std[f0 : f0 + chunk] = quantize(m, precision), quantize(sd, precision)
     return mean, std, AtomTable.concatenate(tables, class_names=tables[0].class_names if tables else None)

@@ -173,7 +173,7 @@ def predict_file(
     parts = ensemble.predict_chunks(working, chunk=config.store.frames_per_chunk, device=dev)  # bounded memory
     preds = ProbabilityMaps.from_chunks(_chunk_progress(parts, len(working)), len(working), config.store.probabilities)
     mean, std, atoms = combine_members(ensemble, preds, None, config.iterations.threshold,
-                                       border_fit=config.locate.border_fit)
+                                       **config.locate.blob_options())
     atoms, location = finish_atoms(atoms, image.frames, input_px, config.scale.pixel_size, config.locate,
                                    finishing_classifier(config))
     store = RunStore.create(out, overwrite=overwrite)

@@ -92,6 +92,27 @@ def test_border_fit_places_atoms_cut_by_the_frame_edge():
     assert (pos >= -0.5).all() and (pos <= np.array(shape) - 0.5).all()  # kept within the field of view
 
 
+def test_split_merged_separates_two_atoms_joined_by_a_bridge_and_keeps_single_atoms_whole():
+    rng = np.random.default_rng(5)
+    lattice = grid_positions(rng, n=4, step=14.0, start=8.0)
+    pair = np.array([[52.0, 20.0], [52.0, 27.0]])  # 7 px apart, like a bond at the 0.2 A/px working scale
+    prob = gaussian_map(np.r_[lattice[:12], pair], sigma=1.8)
+    rr, cc = np.mgrid[:64, :64]
+    bridge = (np.abs(rr - 52.0) <= 1) & (cc > 20) & (cc < 27)
+    prob[bridge] = np.maximum(prob[bridge], 0.55)  # the map joins the two discs just above the threshold
+    # a single atom whose top has two bumps 2 px apart stays one atom
+    prob = np.maximum(prob, 0.9 * gaussian_map([[52.0, 45.0]], sigma=1.8))
+    prob = np.maximum(prob, gaussian_map([[52.0, 47.0]], sigma=1.8))
+    truth = np.r_[lattice[:12], pair, [[52.0, 46.0]]]
+    plain = locate_atoms(prob[None], threshold=0.5)
+    split = locate_atoms(prob[None], threshold=0.5, split_merged=True)
+    assert len(plain) == len(truth) - 1  # the pair is one blob, with its centroid between the atoms
+    assert len(split) == len(truth)
+    assert nearest(split.positions(), pair).max() < 0.3
+    assert nearest(split.positions(), [[52.0, 46.0]]).max() < 1.2
+    np.testing.assert_allclose(nearest(split.positions(), lattice[:12]), nearest(plain.positions(), lattice[:12]))
+
+
 def test_frames_classes_and_offset():
     rng = np.random.default_rng(1)
     pos = grid_positions(rng, n=2)

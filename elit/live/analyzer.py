@@ -322,7 +322,7 @@ class LiveAnalyzer:
             uncertainty=std,
             member_probabilities=preds[members],
             class_names=self.ensemble.class_names,
-            border_fit=self.locate is not None and self.locate.border_fit,
+            **(self.locate.blob_options() if self.locate is not None else {}),
         )
         if self.locate is not None:
             from elit.pipeline import finish_atoms
