@@ -26,6 +26,7 @@ Use
 ---
     python bench/realistic.py --doses 8e4 --json out.json              # tuning seeds
     python bench/realistic.py --final --json heldout.json              # held-out seeds, every dose
+    python bench/realistic.py --final --seeds 104 --materials graphene # one held-out seed
     python bench/realistic.py --final --reuse-conventional ...         # conventional trained once per dose
     python bench/realistic.py --real                                   # no-collapse check on real images
 """
@@ -360,6 +361,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--final", action="store_true", help="the held-out seeds (never tune on them)")
     p.add_argument("--materials", default="graphene,perovskite")
+    p.add_argument("--seeds", help="comma-separated seeds of the chosen set (default: all of them; e.g. the held-out seeds simulated so far)")
     p.add_argument("--doses", default=",".join(f"{d:g}" for d in rd.DOSES), help="comma-separated e/A^2")
     p.add_argument("--regime", default="normal", choices=sorted(rd.REGIMES))
     p.add_argument("--quick", action="store_true", help="train the conventional baseline much shorter (see QUICK_CONVENTIONAL)")
@@ -383,7 +385,13 @@ def main(argv=None) -> None:
     rows = []
     trained: dict[tuple, Path] = {}
     for material in args.materials.split(","):
-        for seed in seeds[material]:
+        chosen = seeds[material]
+        if args.seeds:
+            chosen = tuple(int(x) for x in args.seeds.split(","))
+            other = sorted(set(chosen) - set(seeds[material]))
+            if other:
+                p.error(f"{material} seeds {other} are not {'held-out' if args.final else 'tuning'} seeds {seeds[material]}")
+        for seed in chosen:
             for dose in doses:
                 movie = rd.load_movie(material, seed, dose, args.regime, final=args.final)
                 new = []
