@@ -127,16 +127,14 @@ def split_merged_blobs(prob: np.ndarray, labels: np.ndarray, n: int, threshold: 
     if len(single) < 3:
         return labels, n
     diameter = 2.0 * np.sqrt(np.median(single) / np.pi)
-    idx = np.arange(n_cores + 1)
-    rows, cols = np.indices(prob.shape)
-    c_row = ndimage.mean(rows, cores, idx[1:])
-    c_col = ndimage.mean(cols, cores, idx[1:])
+    shared = np.flatnonzero(valid & (per_blob[parent] >= 2))  # the cores of the blobs that may split
+    centre = dict(zip(shared, ndimage.center_of_mass(cores > 0, cores, shared)))
     out = labels.copy()
     n_new = n
     objects = ndimage.find_objects(labels)
     for b in np.flatnonzero(per_blob >= 2):
         ids = np.flatnonzero(valid & (parent == b))
-        pts = np.c_[c_row[ids - 1], c_col[ids - 1]]
+        pts = np.array([centre[i] for i in ids])
         d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
         np.fill_diagonal(d, np.inf)
         if d.min() < diameter:
