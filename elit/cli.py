@@ -189,6 +189,9 @@ def _print_summary(result) -> None:
         rate = "-" if s.detection_rate is None else f"{s.detection_rate:.3f}"
         note = "" if s.accepted else "  (rejected by the guard)"
         print(f"{s.iteration:>9}  {s.kind:<13} {s.n_atoms:>7}  {rate:>6}  {s.seconds:>8.1f}  {s.members}{note}")
+    for s in result.iterations:
+        if s.note:
+            print(f"note: {s.note}")
     if result.path:
         print(f"results: {result.path}")
 

@@ -51,6 +51,7 @@ class IterationSummary:
     members: list[int]
     seconds: float
     accepted: bool = True
+    note: str = ""  # said of the result iteration when an earlier one found more atoms
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -734,17 +735,20 @@ class _Runner:
         )
 
     def report_result(self, result_it: int) -> None:
-        """Mark the iteration whose atoms are the result; warn when an earlier one found clearly more."""
+        """Mark the iteration whose atoms are the result; say so (stderr and file) when another found more atoms."""
         result = next(s for s in self.summaries if s.iteration == result_it)
         if result.iteration != self.summaries[-1].iteration:
             log.warning("the result is iteration %d (%d atoms): later iterations were rejected by the guard and stay "
                         "in the file for inspection", result_it, result.n_atoms)
         best = max(self.summaries, key=lambda s: s.n_atoms)
-        if best.n_atoms > 0 and result.n_atoms < 0.95 * best.n_atoms:
-            why = ("the guard judged the loss confirmed (see each iteration's guard step)" if self.cfg.iterations.guard
+        if result.n_atoms < best.n_atoms:
+            why = ("the guard judged the change acceptable (see each iteration's guard step)" if self.cfg.iterations.guard
                    else "the guard is off (iterations.guard)")
-            log.warning("the result (iteration %d) has %d atoms, fewer than iteration %d's %d; %s", result_it,
-                        result.n_atoms, best.iteration, best.n_atoms, why)
+            lost = best.n_atoms - result.n_atoms
+            result.note = (f"the result (iteration {result_it}) has {result.n_atoms} atoms, {lost} "
+                           f"({100 * lost / best.n_atoms:.1f} %) fewer than iteration {best.iteration}'s "
+                           f"{best.n_atoms}; {why}")
+            log.warning("%s", result.note)
 
     def _converged(self, prev: IterationSummary, cur: IterationSummary) -> bool:
         tol = self.cfg.iterations.min_improvement

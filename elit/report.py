@@ -257,7 +257,7 @@ def write_html(store, out: Path, figures: list[Path], summary, selections, extra
         f"<tr><td>{s['iteration']}</td><td>{esc(s['kind'])}</td><td>{s['n_atoms']}</td>"
         f"<td>{_fmt(s['detection_rate']) if s['detection_rate'] is not None else '-'}</td>"
         f"<td>{esc(str(s['members']))}</td><td>{s['seconds']:.1f}</td>"
-        f"<td>{'yes' if s.get('accepted', True) else 'rejected by the guard'}</td></tr>"
+        f"<td>{'yes' if s.get('accepted', True) else 'rejected by the guard'}</td><td>{esc(s.get('note', ''))}</td></tr>"
         for s in (summary or [])
     )
     sel_html = ""
@@ -286,7 +286,7 @@ table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #bbb;pad
 tr.sel{{background:#ffebee}}figure{{display:inline-block;margin:0.5em}}img{{max-width:1050px}}
 pre{{background:#f5f5f5;padding:0.7em;overflow:auto;font-size:12px}}</style></head><body>
 <h1>elit report</h1><p>Run file: <code>{esc(str(store.path))}</code></p>
-<h2>Iterations</h2><table><tr><th>iteration</th><th>kind</th><th>atoms</th><th>detection rate</th><th>members</th><th>seconds</th><th>accepted</th></tr>{rows}</table>
+<h2>Iterations</h2><table><tr><th>iteration</th><th>kind</th><th>atoms</th><th>detection rate</th><th>members</th><th>seconds</th><th>accepted</th><th>note</th></tr>{rows}</table>
 {extra}<h2>Figures</h2>{figs}<h2>Selection scores</h2>{sel_html}
 <h2>Provenance</h2><pre>{prov}</pre><h2>Configuration</h2><pre>{config}</pre></body></html>"""
     out = Path(out)

@@ -141,12 +141,19 @@ def test_guard_keeps_the_previous_iteration_when_retraining_is_worse(frames, tmp
     assert [s["accepted"] for s in store.read_summary()] == [True, False]
 
 
-def test_guard_off_lets_a_worse_iteration_through(frames, tmp_path):
+def test_guard_off_lets_a_worse_iteration_through_and_says_so(frames, tmp_path, caplog):
     from elit.pipeline import Pipeline
+    from elit.store import RunStore
 
-    result = Pipeline(_config(guard=False, max_iterations=1), refiner=BlankRefiner()).run(frames, store=tmp_path / "r.h5")
+    with caplog.at_level(logging.WARNING, logger="elit"):
+        result = Pipeline(_config(guard=False, max_iterations=1), refiner=BlankRefiner()).run(frames, store=tmp_path / "r.h5")
     assert result.iterations[-1].accepted
     assert len(result.atoms) == result.iterations[-1].n_atoms < result.iterations[0].n_atoms
+    # a result with fewer atoms than the best iteration is said on stderr and in the file
+    assert any("fewer than iteration 0's" in r.message for r in caplog.records)
+    summary = RunStore.open(tmp_path / "r.h5", mode="r").read_summary()
+    assert summary[0]["note"] == ""
+    assert "fewer than iteration 0's" in summary[1]["note"] and "guard is off" in summary[1]["note"]
 
 
 def test_a_refinement_that_keeps_a_minority_is_not_trained_on(frames, tmp_path, caplog):
