@@ -15,7 +15,8 @@ iteration's atoms from ``r.h5`` and scores them against the exact truth:
   amorphous patch, per frame.
 
 Left out of scoring ("don't care"): true lattice atoms inside the amorphous mask (the patch
-outline + 0.5 A); unmatched detections inside it; unmatched true atoms and detections within
+outline + 0.5 A); unmatched detections inside it, or within 0.5 A of such an atom or of an amorphous
+atom (a don't-care atom found just outside the outline); unmatched true atoms and detections within
 ``EDGE_PX`` of the frame border (the periodic frame shows half an atom on both sides); and in
 SrTiO3 unmatched detections within 0.5 A of a pure-O column (O columns are not truth).
 
@@ -130,6 +131,10 @@ def score(movie, pred: AtomTable) -> dict:
     p_in_patch = _in_mask(movie.amorphous_masks, pred)
     p_in_hole = _in_mask(movie.hole_masks, pred)
     p_on_oxygen = _near_points(pred, movie.oxygen, MATCH_A / ps)
+    # a detection of a don't-care atom (a lattice atom inside the mask, or an amorphous atom) that lies
+    # just outside the mask's outline is not a false atom either
+    ignored = AtomTable.concatenate([truth.select(~t_keep), movie.amorphous], class_names=("ignored",))
+    p_on_ignored = _near_points(pred, ignored, MATCH_A / ps)
     t_edge, p_edge = _near_edge(truth, shape), _near_edge(pred, shape)
     n_frames = movie.frames.shape[0]
     t_matched = np.zeros(len(truth), dtype=bool)
@@ -146,7 +151,7 @@ def score(movie, pred: AtomTable) -> dict:
             dists.append(d)
             offsets.append(pred.positions()[b] - truth.positions()[a])
     fn_mask = t_keep & ~t_matched & ~t_edge
-    fp_mask = ~p_matched & ~p_in_patch & ~p_edge & ~p_on_oxygen
+    fp_mask = ~p_matched & ~p_in_patch & ~p_edge & ~p_on_oxygen & ~p_on_ignored
     tp, fp, fn = int(t_matched.sum()), int(fp_mask.sum()), int(fn_mask.sum())
     d = np.concatenate(dists) if dists else np.zeros(0)
     off = np.concatenate(offsets) if offsets else np.zeros((0, 2))
