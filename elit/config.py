@@ -111,6 +111,11 @@ class LocateConfig(_Strict):
         "or the frame border) at its cores (elit.atoms.split_merged_blobs); its centroid lies between the two atoms.",
     )
     refine: bool = Field(True, description="Also fit every atom with a Gaussian on the raw frame at its own pixel size (elit.localize).")
+    recentre: bool = Field(
+        True, description="Shift the network's positions by their mean offset from the Gaussian fits, on each axis where "
+        "that offset is beyond two standard errors (elit.localize.recentre_network): a small offset common to all of an "
+        "ensemble's atoms. Needs refine.",
+    )
     positions: Literal["network", "refined"] = Field(
         "network", description="Which position x, y report: the ensemble's (network) or the Gaussian fit's (refined); "
         "on multislice graphene at 2e4-8e4 e/A^2 the network's were the more accurate.",

@@ -43,7 +43,7 @@ from scipy.spatial import cKDTree
 from elit.data import AtomTable
 from elit.errors import InputError
 
-__all__ = ["GaussianFit", "fit_gaussians", "refine_on_frames", "window_radius"]
+__all__ = ["GaussianFit", "fit_gaussians", "recentre_network", "refine_on_frames", "window_radius"]
 
 SIGMA_A = 0.35
 """Default start width (Gaussian sigma, Angstrom) of an atom's image: a typical 60-300 kV ADF probe."""
@@ -423,3 +423,45 @@ def refine_on_frames(
         residual[idx], volume[idx] = fit.residual, fit.volume
     out.fit_residual, out.intensity = residual, volume
     return out
+
+
+def recentre_network(atoms: AtomTable, min_significance: float = 2.0) -> tuple[AtomTable, tuple[float, float]]:
+    """Remove the network positions' systematic offset from the Gaussian fits.
+
+    The ensemble places atoms by blob centroids on its working grid, which can carry a
+    small offset common to all atoms (a few hundredths of an Angstrom, varying from one
+    ensemble to the next); the fits on the raw frame do not share it, but each one is
+    noisier.  The mean of ``fit - network`` over every fitted atom (those more than three
+    times the median distance away left out) estimates that offset; each axis is shifted
+    by it where it exceeds ``min_significance`` standard errors, else left alone.
+
+    Parameters
+    ----------
+    atoms : AtomTable
+        With ``row_network``, ``col_network``, ``row_refined`` and ``col_refined``
+        (NaN where a fit failed), as :func:`refine_on_frames` and the pipeline give them.
+    min_significance : float
+        Shift an axis only when its mean offset is this many standard errors from zero.
+
+    Returns
+    -------
+    atoms : AtomTable
+        A copy with ``row_network``, ``col_network`` shifted.
+    shift : tuple of float
+        The (row, col) shift applied, pixels.
+    """
+    out = atoms.select(slice(None))
+    if atoms.row_network is None or atoms.row_refined is None:
+        return out, (0.0, 0.0)
+    d = np.stack([atoms.row_refined - atoms.row_network, atoms.col_refined - atoms.col_network], axis=1)
+    d = d[np.isfinite(d).all(axis=1)]
+    if len(d) < 30:  # too few fits to tell an offset from noise
+        return out, (0.0, 0.0)
+    dist = np.hypot(d[:, 0], d[:, 1])
+    d = d[dist <= 3.0 * np.median(dist)]
+    mean = d.mean(axis=0)
+    se = d.std(axis=0, ddof=1) / np.sqrt(len(d))
+    shift = np.where(np.abs(mean) > min_significance * se, mean, 0.0)
+    out.row_network = atoms.row_network + shift[0]
+    out.col_network = atoms.col_network + shift[1]
+    return out, (float(shift[0]), float(shift[1]))

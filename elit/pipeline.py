@@ -827,14 +827,20 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
         log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
     on_raw = on_raw.select(~faint)
     if locate.refine and len(on_raw):
-        from elit.localize import refine_on_frames
+        from elit.localize import recentre_network, refine_on_frames
 
         refined = refine_on_frames(raw, on_raw, raw_px)
         fitted = np.isfinite(refined.fit_residual) if refined.fit_residual is not None else np.ones(len(refined), bool)
         refined.row_refined = np.where(fitted, refined.row, np.nan)  # both positions are kept
         refined.col_refined = np.where(fitted, refined.col, np.nan)
+        if locate.recentre:
+            refined, shift = recentre_network(refined)
+            record["network_shift_px"] = list(shift)  # (row, col), input pixels
         if locate.positions == "network":  # report the network's positions; the fit's stay in *_refined
             refined.row, refined.col = refined.row_network.copy(), refined.col_network.copy()
+        else:  # where a fit failed, the (re-centred) network position
+            refined.row = np.where(fitted, refined.row, refined.row_network)
+            refined.col = np.where(fitted, refined.col, refined.col_network)
         on_raw = refined
     record["positions"] = locate.positions if locate.refine else "network"
     if locate.classify and classifier is not None and len(on_raw.class_names) == 1:

@@ -5,7 +5,7 @@ import pytest
 
 from elit.data import AtomTable
 from elit.errors import InputError
-from elit.localize import fit_gaussians, refine_on_frames, window_radius
+from elit.localize import fit_gaussians, recentre_network, refine_on_frames, window_radius
 
 
 def _peaks(shape, rows, cols, sigma, amplitude=1.0, background=0.3):
@@ -105,3 +105,31 @@ def test_bad_input_is_refused():
     atoms = AtomTable([3], [1.0], [1.0], [0], [1.0], [0.0])
     with pytest.raises(InputError, match="frame"):
         refine_on_frames(np.zeros((2, 8, 8)), atoms, 0.1)
+
+
+def _with_fits(net_offset, n=600, fit_noise=1.0, seed=0):
+    """Atoms whose fits scatter round the truth and whose network positions share ``net_offset``."""
+    rng = np.random.default_rng(seed)
+    truth = rng.uniform(10, 200, (n, 2))
+    net = truth + np.asarray(net_offset) + rng.normal(0, 0.3, (n, 2))
+    fit = truth + rng.normal(0, fit_noise, (n, 2))
+    fit[:20] += 15.0  # a few fits run off to a neighbour
+    fit[20:40] = np.nan  # and a few fail
+    t = AtomTable(np.zeros(n, int), net[:, 0].copy(), net[:, 1].copy(), np.zeros(n, int), np.ones(n), np.zeros(n))
+    t.row_network, t.col_network = net[:, 0], net[:, 1]
+    t.row_refined, t.col_refined = fit[:, 0], fit[:, 1]
+    return t, truth
+
+
+def test_recentre_removes_the_network_offset_and_leaves_an_unbiased_one():
+    t, truth = _with_fits((0.25, -0.15))
+    before = t.row_network.copy()
+    out, shift = recentre_network(t)
+    assert shift[0] == pytest.approx(-0.25, abs=0.1) and shift[1] == pytest.approx(0.15, abs=0.1)
+    bias = np.stack([out.row_network, out.col_network], 1).mean(0) - truth.mean(0)
+    assert np.all(np.abs(bias) < 0.1)
+    assert np.array_equal(t.row_network, before)  # the input is not changed
+    t0, _ = _with_fits((0.0, 0.0), seed=3)
+    assert recentre_network(t0)[1] == (0.0, 0.0)  # no significant offset: no shift
+    few, _ = _with_fits((0.5, 0.5), n=49)
+    assert recentre_network(few)[1] == (0.0, 0.0)  # 29 fits left: too few to tell
