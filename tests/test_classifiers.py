@@ -193,6 +193,20 @@ def test_mixture_finds_a_rare_bright_class_in_a_skewed_majority():
     assert mixture_1d(x ** 2, 2, 4.0, 2.0)[0][:-18].sum() > 3 or mixture_1d(x ** 2, 2, 4.0, 2.0)[0][-18:].sum() < 15
 
 
+def test_mixture_keeps_a_marginal_rare_class_on_strong_evidence_only():
+    """18 Si 3.8 standard deviations above 3,000 C (1e4 e/A^2): kept on evidence; carbon alone stays one class."""
+    rng = np.random.default_rng(11)
+    carbon = rng.normal(1.0, 0.26, 3000)
+    x = np.r_[carbon, rng.normal(2.0, 0.27, 18)]
+    assert len(mixture_1d(x, 2, 4.0, np.sqrt(2.0))[2]["means"]) == 1  # below min_separation: merged
+    labels, _, info = mixture_1d(x, 2, 4.0, np.sqrt(2.0), min_evidence=10.0)
+    assert len(info["means"]) == 2
+    assert labels[-18:].sum() >= 15 and labels[:-18].sum() <= 3
+    for seed in range(3):  # the bright tail of carbon alone is no class
+        c = np.random.default_rng(seed).normal(1.0, 0.26, 3000)
+        assert len(mixture_1d(c, 2, 4.0, np.sqrt(2.0), min_evidence=10.0)[2]["means"]) == 1
+
+
 def test_mixture_keeps_a_single_bright_atom():
     """One dopant in a small image (real G-Si: one Si among 155 C) is its own class."""
     rng = np.random.default_rng(8)
