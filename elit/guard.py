@@ -12,7 +12,10 @@ the iteration they replace, without labels:
 * **regularity**: the share of atoms whose nearest neighbour lies within
   ``tol`` of the previous table's typical neighbour distance (a crystal's
   bond) may not fall by more than ``max_regularity_drop``; merged blobs,
-  doubled atoms and noise clusters all lower it.
+  doubled atoms and noise clusters all lower it;
+* **detection rate** (when the pipeline knows the lattice's density): it may
+  not fall by more than ``max_rate_drop``, unless the lost atoms were
+  implausible as above (an iteration that drops noise in vacuum is better).
 
 The pipeline stores each decision as the iteration's ``guard`` step and, when
 the new iteration is rejected, stops retraining and reports the previous one.
@@ -80,6 +83,8 @@ def judge_iteration(
     tol: float = 0.15,
     duplicate_factor: float = 0.6,
     confirm_share: float = 0.8,
+    detection_rates: tuple[float | None, float | None] | None = None,
+    max_rate_drop: float = 0.0,
 ) -> GuardDecision:
     """Decide, without labels, whether ``new`` atoms may replace ``prev``.
 
@@ -97,6 +102,11 @@ def judge_iteration(
         Relative tolerance of a neighbour distance; distance (× typical) under
         which an atom counts as a duplicate; share of the lost atoms that must
         be implausible for a large loss to be confirmed.
+    detection_rates : (float, float) or None
+        The previous and the new iteration's detection rates (atoms per expected
+        lattice site; None when unknown).
+    max_rate_drop : float
+        Largest fall of the detection rate accepted without confirmation.
 
     Returns
     -------
@@ -112,15 +122,20 @@ def judge_iteration(
     checks["typical_distance_A"] = None if not np.isfinite(typical) else round(typical, 4)
     accepted = True
 
+    def implausible_share() -> float:
+        """Share of the atoms of ``prev`` missing from ``new`` that were in vacuum or duplicates (kept in checks)."""
+        if "lost_implausible_share" not in checks:
+            radius = 0.5 * typical / pixel_size_A if np.isfinite(typical) else 3.0
+            lost = _lost(prev, new, radius)
+            implausible = vacuum_atoms(prev, pixel_size_A) | (d_prev < duplicate_factor * typical)
+            checks["lost_atoms"] = int(lost.sum())
+            checks["lost_implausible_share"] = round(float(implausible[lost].mean()) if lost.any() else 1.0, 4)
+        return checks["lost_implausible_share"]
+
     loss = 1.0 - n_new / n_prev
     checks["atom_loss"] = round(loss, 4)
     if loss > max_atom_loss:
-        radius = 0.5 * typical / pixel_size_A if np.isfinite(typical) else 3.0
-        lost = _lost(prev, new, radius)
-        implausible = vacuum_atoms(prev, pixel_size_A) | (d_prev < duplicate_factor * typical)
-        share = float(implausible[lost].mean()) if lost.any() else 1.0
-        checks["lost_atoms"] = int(lost.sum())
-        checks["lost_implausible_share"] = round(share, 4)
+        share = implausible_share()
         if share >= confirm_share:
             reasons.append(
                 f"{loss:.0%} of the atoms lost ({n_prev} -> {n_new}), confirmed: {share:.0%} of the lost ones were "
@@ -142,6 +157,17 @@ def judge_iteration(
             f"atoms at the lattice's neighbour distance fell from {before:.1%} to {after:.1%} "
             f"(more than {max_regularity_drop:.0%})"
         )
+    if detection_rates is not None and None not in detection_rates:
+        r_prev, r_new = (float(r) for r in detection_rates)
+        checks["detection_rate_before"], checks["detection_rate_after"] = round(r_prev, 4), round(r_new, 4)
+        if r_new < r_prev - max_rate_drop:
+            share = implausible_share()
+            if share < confirm_share:
+                accepted = False
+                reasons.append(
+                    f"the detection rate fell from {r_prev:.3f} to {r_new:.3f} ({n_prev} -> {n_new} atoms) and only "
+                    f"{share:.0%} of the lost atoms were implausible (vacuum, duplicates)"
+                )
     if accepted and not reasons:
         reasons.append(
             f"{n_prev} -> {n_new} atoms; atoms at the lattice's neighbour distance {before:.1%} -> {after:.1%}"

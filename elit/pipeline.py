@@ -629,8 +629,11 @@ class _Runner:
         from elit.guard import judge_iteration
 
         c = self.cfg.iterations
+        rates = {s.iteration: s.detection_rate for s in self.summaries}
         decision = judge_iteration(prev.atoms, new.atoms, self.px, max_atom_loss=c.max_atom_loss,
-                                   max_regularity_drop=c.max_regularity_drop)
+                                   max_regularity_drop=c.max_regularity_drop,
+                                   detection_rates=(rates.get(prev.iteration), rates.get(it)),
+                                   max_rate_drop=c.max_rate_drop)
         used = [self.path(it - 1, PREDICT, "atoms"), self.path(it, PREDICT, "atoms")]
         self.write_guard(it, decision, PREDICT, used)
         return decision.accepted

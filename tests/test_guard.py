@@ -69,6 +69,21 @@ def test_an_equal_or_better_iteration_is_accepted():
     assert judge_iteration(prev, fewer, 0.2).accepted
 
 
+def test_a_fall_in_the_detection_rate_is_rejected_unless_the_lost_atoms_were_noise():
+    prev = lattice(seed=6)
+    fewer = prev.select(np.arange(len(prev)) % 50 != 0)  # 2 % of the lattice lost: within max_atom_loss
+    assert judge_iteration(prev, fewer, 0.2).accepted  # without rates, a small loss passes
+    d = judge_iteration(prev, fewer, 0.2, detection_rates=(0.95, 0.93))
+    assert not d.accepted and any("detection rate fell" in r for r in d.reasons)
+    assert d.checks["detection_rate_after"] == 0.93
+    assert judge_iteration(prev, fewer, 0.2, detection_rates=(0.95, 0.93), max_rate_drop=0.05).accepted
+    assert judge_iteration(prev, prev, 0.2, detection_rates=(0.95, 0.96)).accepted  # a rise is fine
+    assert judge_iteration(prev, fewer, 0.2, detection_rates=(None, 0.93)).accepted  # unknown: not judged
+    rng = np.random.default_rng(7)  # noise in vacuum, dropped by the new iteration: a confirmed fall
+    noise = table(np.zeros(20, int), rng.uniform(-400, -300, 20), np.arange(20) * 30.0)
+    assert judge_iteration(AtomTable.concatenate([prev, noise]), prev, 0.2, detection_rates=(0.97, 0.95)).accepted
+
+
 # --------------------------------------------------------------------------------- in the pipeline
 
 
