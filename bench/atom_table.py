@@ -10,8 +10,8 @@ to refine come from a finished run file (``--run r.h5``: every finished iteratio
   on the raw frames; ``classified``: refined, then classes from the ``relative`` classifier on
   the raw frames (graphene: C/Si; perovskite: B/A) - RMSE, bias, Si recall/precision or the
   A/B accuracy;
-* uncertainty: ROC AUC of ``uncertainty`` (and of the fit residual) for telling unmatched
-  detections from matched ones, the expected calibration error of ``probability``, and of a
+* uncertainty, for the atoms as given and as classified: ROC AUC of ``uncertainty`` (and of the fit
+  residual) for telling unmatched detections from matched ones, the expected calibration error of ``probability``, and of a
   :class:`elit.calibration.Calibration` fitted on the first half of the frames and tested on
   the second (the benchmark truth stands in for the simulated validation labels).
 
@@ -86,7 +86,8 @@ def bench(movie, atoms, material: str, label: str) -> list[dict]:
             row["fit_seconds_per_frame"] = round(t_fit / movie.frames.shape[0], 3)
         if kind == "classified":
             row["classify_seconds"] = round(t_cls, 3)
-            row.update(uncertainty_figures(movie, classified))
+        if kind in ("network", "classified"):  # the run's own table (x, y as reported), and the re-fitted one
+            row.update(uncertainty_figures(movie, table))
         rows.append(row)
     return rows
 
