@@ -257,7 +257,11 @@ def run_elit(frames_npy: Path, recipe: str, out: Path, sets: list[str], log: Pat
 
 
 def iterations_of(result: Path) -> list[tuple[int, str, AtomTable, float | None]]:
-    """``(iteration, kind, atoms, seconds)`` of every finished iteration of a run file."""
+    """``(iteration, kind, atoms, seconds)`` of every finished iteration of a run file.
+
+    ``kind`` is ``"rejected"`` for an iteration the guard rejected (it stays in the file; the run's result is
+    the last iteration that is not).
+    """
     from elit.store import RunStore
 
     store = RunStore.open(result, mode="r")
@@ -268,7 +272,8 @@ def iterations_of(result: Path) -> list[tuple[int, str, AtomTable, float | None]
             continue
         atoms = store.read_table(f"/iterations/iter_{it:03d}/predict/atoms")
         row = summary.get(it, {})
-        out.append((it, str(row.get("kind", "")), atoms, row.get("seconds")))
+        kind = str(row.get("kind", "")) if row.get("accepted", True) else "rejected"  # by the guard: not the result
+        out.append((it, kind, atoms, row.get("seconds")))
     return out
 
 
