@@ -51,7 +51,7 @@ class IterationSummary:
     members: list[int]
     seconds: float
     accepted: bool = True
-    note: str = ""  # said of the result iteration when an earlier one found more atoms
+    note: str = ""  # said of the result iteration when another iteration found more atoms
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""

@@ -388,6 +388,11 @@ def _posterior(x, mu, sd, wt):
     return post.argmax(axis=1), post, loglik - 0.5 * (3 * len(mu) - 1) * np.log(max(len(x), 2))
 
 
+def _merge_up(labels: np.ndarray, i: int) -> np.ndarray:
+    """Labels with component ``i + 1`` merged into ``i`` and the ones above moved down by one."""
+    return np.where(labels > i, labels - 1, labels)
+
+
 def _fit_mixture(x, labels, n_classes, min_separation, min_contrast, iterations, min_evidence=None):
     """EM from ``labels``, merging unsupported neighbours; ``(hard, post, mu, sd, wt, score)`` (score: -BIC/2).
 
@@ -408,9 +413,7 @@ def _fit_mixture(x, labels, n_classes, min_separation, min_contrast, iterations,
             sd = np.where(counts < 3, np.maximum(sd, sd[np.argmax(counts)]), sd)
         wt = np.array([np.mean(labels == k) for k in comps]) if comps else np.array([1.0])
         for _ in range(iterations if len(mu) > 1 else 0):
-            logp = -0.5 * ((x[:, None] - mu) / sd) ** 2 - np.log(sd) + np.log(np.maximum(wt, 1e-12))
-            post = np.exp(logp - logp.max(axis=1, keepdims=True))
-            post /= post.sum(axis=1, keepdims=True)
+            _, post, _ = _posterior(x, mu, sd, wt)
             nk = post.sum(axis=0) + 1e-12
             new_mu = (post * x[:, None]).sum(axis=0) / nk
             sd = np.maximum(np.sqrt((post * (x[:, None] - new_mu) ** 2).sum(axis=0) / nk), floor)
@@ -432,8 +435,7 @@ def _fit_mixture(x, labels, n_classes, min_separation, min_contrast, iterations,
             i = min(weak, key=lambda j: sep[j])
             if unsupported[i] or sep[i] < MARGINAL_SEPARATION * min_separation:
                 break
-            merged = np.where(hard > i, hard - 1, hard)
-            alt = _fit_mixture(x, merged, n_classes, min_separation, min_contrast, iterations, min_evidence)
+            alt = _fit_mixture(x, _merge_up(hard, i), n_classes, min_separation, min_contrast, iterations, min_evidence)
             if score - alt[5] < min_evidence:
                 return alt
             weak.remove(i)
@@ -441,9 +443,8 @@ def _fit_mixture(x, labels, n_classes, min_separation, min_contrast, iterations,
             break
         # merge the closest weak pair and refit
         i = min(weak, key=lambda j: sep[j])
-        hard[hard == i + 1] = i
-        hard[hard > i + 1] -= 1
-        labels, comps = hard, list(range(len(mu) - 1))
+        hard = labels = _merge_up(hard, i)
+        comps = list(range(len(mu) - 1))
     return hard, post, mu, sd, wt, score
 
 
