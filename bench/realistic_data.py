@@ -66,7 +66,7 @@ VERSION = 1
 """Bump when the specimens or the simulation change: cached movies of another version are ignored."""
 
 TUNING_SEEDS = {"graphene": (0,), "perovskite": (0,)}
-HELDOUT_SEEDS = {"graphene": (100, 101, 102, 103, 104, 105, 106, 107), "perovskite": (100, 101, 102, 103)}
+HELDOUT_SEEDS = {"graphene": (100, 101, 102, 103, 104, 105, 106, 107, 108), "perovskite": (100, 101, 102, 103)}
 DOSES = (1e4, 2e4, 8e4, 3e5, 5e5)
 """Doses the benchmark uses, electrons per square Angstrom."""
 
