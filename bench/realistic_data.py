@@ -30,7 +30,7 @@ perovskite
     HAADF atom finders, has only cation columns); they are listed in ``.oxygen`` and
     :mod:`realistic` treats detections on them as neither true nor false.
 
-Seeds: tuning 0 (both materials); held out 100-104 (graphene) and 100-102 (perovskite), only
+Seeds: tuning 0 (both materials); held out 100-108 (graphene) and 100-103 (perovskite), only
 with ``--final`` / ``final=True``.
 
 Use
