@@ -63,7 +63,12 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
     rows = []
+    from elit.store import RunStore
+
     for run in sorted(args.workdir.glob("*/elit/r.h5")):
+        if not RunStore.open(run, mode="r").stage_complete(0, "predict"):
+            print(f"{run}: iteration 0 did not finish; skipped", flush=True)
+            continue
         material, seed, regime, dose = _parse(run.parent.parent.name)
         movie = rd.load_movie(material, seed, dose, regime, final=args.final)
         r = member_scores(run, movie)
