@@ -497,6 +497,17 @@ def _smooth_background(rng, shape) -> np.ndarray:
     return 1.0 + field
 
 
+def movie_name(material: str, seed: int, regime: str, dose: float) -> str:
+    """A movie's name, e.g. ``graphene-s107-normal-8e+04`` (the bench's work folders are named by it)."""
+    return f"{material}-s{seed}-{regime}-{dose:.0e}"
+
+
+def parse_movie_name(name: str) -> tuple[str, int, str, float]:
+    """``(material, seed, regime, dose)`` of a :func:`movie_name`."""
+    material, seed, regime, dose = name.split("-", 3)
+    return material, int(seed[1:]), regime, float(dose)
+
+
 def load_movie(material: str, seed: int, dose: float, regime: str = "normal", final: bool = False) -> Movie:
     """Load a cached movie and apply drift, jitter, background and Poisson noise for ``dose``.
 
@@ -561,7 +572,7 @@ def load_movie(material: str, seed: int, dose: float, regime: str = "normal", fi
         jitter_px=reg.jitter_px, version=VERSION, simulator=meta["simulator"], cpu_s_per_frame=meta["cpu_s_per_frame"],
     )
     return Movie(
-        name=f"{material}-s{seed}-{regime}-{dose:.0e}",
+        name=movie_name(material, seed, regime, dose),
         frames=np.stack(counts), pixel_size=ps,
         truth=AtomTable.concatenate(truth, class_names=spec.class_names),
         amorphous=AtomTable.concatenate(amo, class_names=("C",)),

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
         if not RunStore.open(run, mode="r").stage_complete(0, "predict"):
             print(f"{run}: iteration 0 did not finish; skipped", flush=True)
             continue
-        material, seed, regime, dose = _parse(run.parent.parent.name)
+        material, seed, regime, dose = rd.parse_movie_name(run.parent.parent.name)
         movie = rd.load_movie(material, seed, dose, regime, final=args.final)
         r = member_scores(run, movie)
         rows.append(r)
@@ -80,12 +80,6 @@ def main(argv=None) -> None:
               f"not the worst (or all members equal): {sum(r['not_worst'] for r in rows)} of {len(rows)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-
-
-def _parse(name: str) -> tuple[str, int, str, float]:
-    """``graphene-s107-normal-8e+04`` -> ("graphene", 107, "normal", 8e4)."""
-    material, seed, regime, dose = name.split("-", 3)
-    return material, int(seed[1:]), regime, float(dose)
 
 
 if __name__ == "__main__":
