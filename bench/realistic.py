@@ -8,7 +8,8 @@ For every movie (``realistic_data``) and dose it writes ``frames.npy``, runs
 iteration's atoms from ``r.h5`` and scores them against the exact truth:
 
 * F1, precision, recall: one-to-one matches within 0.5 A (:func:`elit.metrics.match_atoms`);
-* RMSE and mean bias (x, y) of the matched positions, Angstrom;
+* RMSE and mean bias (x, y) of the matched positions, Angstrom (the run's own `x, y`; "frame": each
+  frame's own positions, before `locate.average_frames` averages an atom over the frames it was seen in);
 * graphene: Si recall and precision by class (the predicted class named ``Si``, else the
   brighter predicted class); perovskite: A/B class accuracy (names ``A``/``B``, else brightness);
 * atoms in the hole (unmatched detections inside the hole mask) and detections on the
@@ -153,7 +154,9 @@ def score(movie, pred: AtomTable) -> dict:
     t_matched = np.zeros(len(truth), dtype=bool)
     p_matched = np.zeros(len(pred), dtype=bool)
     partner = np.full(len(truth), -1)
-    dists, offsets = [], []
+    dists, offsets, frame_dists = [], [], []
+    own = (np.stack([pred.row_frame, pred.col_frame], axis=1) if pred.row_frame is not None and pred.col_frame is not None
+           else pred.positions())  # each frame's own positions, before averaging over frames
     for f in range(n_frames):
         ti = np.flatnonzero((truth.frame == f) & t_keep)
         pi = np.flatnonzero(pred.frame == f)
@@ -163,6 +166,7 @@ def score(movie, pred: AtomTable) -> dict:
             t_matched[a], p_matched[b], partner[a] = True, True, b
             dists.append(d)
             offsets.append(pred.positions()[b] - truth.positions()[a])
+            frame_dists.append(np.hypot(*(own[b] - truth.positions()[a]).T))
     fn_mask = t_keep & ~t_matched & ~t_edge
     fp_mask = ~p_matched & ~p_in_patch & ~p_edge & ~p_on_oxygen & ~p_on_ignored
     tp, fp, fn = int(t_matched.sum()), int(fp_mask.sum()), int(fn_mask.sum())
@@ -175,6 +179,7 @@ def score(movie, pred: AtomTable) -> dict:
         "recall": tp / (tp + fn) if tp + fn else float("nan"),
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
         "rmse_A": float(np.sqrt(np.mean(d**2)) * ps) if len(d) else float("nan"),
+        "rmse_frame_A": float(np.sqrt(np.mean(np.concatenate(frame_dists) ** 2)) * ps) if len(d) else float("nan"),
         "bias_x_A": float(off[:, 1].mean() * ps) if len(off) else float("nan"),
         "bias_y_A": float(off[:, 0].mean() * ps) if len(off) else float("nan"),
         "f1_per_frame": [],
@@ -331,7 +336,7 @@ def print_rows(rows: list[dict]) -> None:
     print("-" * len(head))
     for r in rows:
         print(f"{r['movie']:<28} {r['method']:<13} {r['iteration']:>2} {r['kind'][:10]:<10} {r['f1']:6.3f} {r['precision']:6.3f} "
-              f"{r['recall']:6.3f} {r['rmse_A']:7.3f} {r['bias_x_A']:+6.3f},{r['bias_y_A']:+6.3f} {r['class'][:3]:>3} "
+              f"{r['recall']:6.3f} {r['rmse_A']:7.3f} {r.get('rmse_frame_A', r['rmse_A']):6.3f} {r['bias_x_A']:+6.3f},{r['bias_y_A']:+6.3f} {r['class'][:3]:>3} "
               f"{r['class_recall']:6.3f} {r['class_precision']:6.3f} {r['hole_atoms']:>4} "
               f"{','.join(str(x) for x in r['patch_atoms_per_frame']):<18} {r['n_atoms']:>6} "
               f"{(r['seconds'] or float('nan')):6.0f}", flush=True)

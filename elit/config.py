@@ -124,6 +124,15 @@ class LocateConfig(_Strict):
         "network", description="Which position x, y report: the ensemble's (network) or the Gaussian fit's (refined); "
         "on multislice graphene at 2e4-8e4 e/A^2 the network's were the more accurate.",
     )
+    average_frames: int = Field(
+        3, ge=0, le=1000, description="Average each atom's position with the same atom in up to this many frames on "
+        "each side (registered on the atoms, elit.temporal); an atom that moved further than its noise, or by more "
+        "than max_motion_A, is not averaged. This frame's own position stays in row_frame, col_frame. 0: off.",
+    )
+    max_motion_A: float = Field(
+        0.3, gt=0.0, le=5.0, description="Largest shift (Angstrom) between two frames' sightings of one atom for "
+        "average_frames to combine them.",
+    )
     classify: bool = Field(
         False, description="Give the atoms of every single-class ensemble their classes with the classifier stage on "
         "the raw frames (e.g. C and Si, or a perovskite's A and B sites); the loop still trains on one class. A "

@@ -18,7 +18,7 @@ IGNORE = 255
 
 ATOM_COLUMNS = ("frame", "row", "col", "class_index", "probability", "uncertainty")
 OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity", "row_refined",
-                    "col_refined")
+                    "col_refined", "row_frame", "col_frame", "n_averaged")
 """Float columns an :class:`AtomTable` may carry (None when absent)."""
 
 
@@ -52,6 +52,11 @@ class AtomTable:
     row_refined, col_refined : ndarray or None
         The position fitted on the raw frame (NaN where the fit failed), kept
         whichever position ``row``, ``col`` report.
+    row_frame, col_frame : ndarray or None
+        This frame's own position when ``row``, ``col`` average the atom over
+        several frames of a movie (:mod:`elit.temporal`).
+    n_averaged : ndarray or None
+        How many frames' positions ``row``, ``col`` average (1: this frame's alone).
     """
 
     frame: np.ndarray
@@ -68,6 +73,9 @@ class AtomTable:
     intensity: np.ndarray | None = None
     row_refined: np.ndarray | None = None
     col_refined: np.ndarray | None = None
+    row_frame: np.ndarray | None = None
+    col_frame: np.ndarray | None = None
+    n_averaged: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frame = np.asarray(self.frame, dtype=np.int64).reshape(-1)
@@ -130,7 +138,7 @@ class AtomTable:
 
         out = self.select(slice(None))
         out.row, out.col = positions_to_working(self.row, self.col, factor)
-        for r, c in (("row_network", "col_network"), ("row_refined", "col_refined")):
+        for r, c in (("row_network", "col_network"), ("row_refined", "col_refined"), ("row_frame", "col_frame")):
             if getattr(self, r) is not None and getattr(self, c) is not None:
                 rr, cc = positions_to_working(getattr(self, r), getattr(self, c), factor)
                 setattr(out, r, rr)

@@ -793,7 +793,7 @@ def finishing_classifier(config):
 
 
 def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate, classifier=None):
-    """Drop faint detections (vacuum), fit the rest on the raw frames, and classify them there.
+    """Drop faint detections (vacuum), fit the rest on the raw frames, average them over frames, and classify them.
 
     Parameters
     ----------
@@ -802,7 +802,7 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     raw : ndarray, shape (N, H, W)
         The frames at their own pixel size ``raw_px``.
     locate : LocateConfig
-        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions`` and ``classify``.
+        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions``, ``average_frames`` and ``classify``.
     classifier : Classifier or None
         Names the classes of a single-class table when ``locate.classify`` is on.
 
@@ -846,6 +846,11 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
             refined.col = np.where(fitted, refined.col, refined.col_network)
         on_raw = refined
     record["positions"] = locate.positions if locate.refine else "network"
+    if locate.average_frames and len(on_raw):
+        from elit.temporal import average_over_frames
+
+        on_raw, record["averaged"] = average_over_frames(on_raw, raw_px, window=locate.average_frames,
+                                                         max_motion_A=locate.max_motion_A)
     if locate.classify and classifier is not None and len(on_raw.class_names) == 1:
         on_raw = classifier.classify(raw, on_raw, raw_px)
         record["classifier"] = {"name": classifier.name, "config": classifier.config.model_dump(mode="json")}

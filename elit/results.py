@@ -16,6 +16,7 @@ log = logging.getLogger("elit")
 CSV_COLUMNS = (
     "frame", "x", "y", "class", "probability", "uncertainty", "class_name",
     "x_network", "y_network", "position", "class_probability", "x_refined", "y_refined",
+    "x_frame", "y_frame", "n_averaged",
 )
 """Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels.
 
@@ -24,7 +25,10 @@ CSV_COLUMNS = (
 ``network`` (the ensemble's); ``position`` says per atom which of them ``x, y`` are (``network``
 where there was no fit or it failed).  ``x_network, y_network`` and ``x_refined, y_refined``
 always hold both (the refined ones empty where there was no fit).  ``class_probability`` is the
-classifier's probability of the class (empty when unknown).
+classifier's probability of the class (empty when unknown).  In a movie the run's ``x, y`` average
+each atom over the frames where it was seen again in the same place (``locate.average_frames``,
+:mod:`elit.temporal`): ``n_averaged`` says over how many frames (1: this frame alone, as always with
+``--positions``), and ``x_frame, y_frame`` hold this frame's own position of the kind ``position`` names.
 """
 
 POSITIONS = ("refined", "network")
@@ -74,7 +78,8 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = N
     """Write an atom table as CSV with :data:`CSV_COLUMNS`; return the number of rows.
 
     ``positions`` chooses ``x, y``: None keeps the table's own (what the run reports),
-    ``"refined"`` the raw-frame fit where there is one (else the network's), ``"network"`` the network's.
+    ``"refined"`` the raw-frame fit where there is one (else the network's), ``"network"`` the network's
+    (both this frame's own, not averaged over frames).
     """
     if positions is not None and positions not in POSITIONS:
         raise StoreError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
@@ -93,13 +98,19 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = N
     else:
         ref_r = ref_c = np.full(n, np.nan)
     has_fit = np.isfinite(ref_r) & np.isfinite(ref_c)
+    averaged = atoms.row_frame is not None and atoms.col_frame is not None and atoms.n_averaged is not None
+    frame_r = atoms.row_frame if averaged else atoms.row
+    frame_c = atoms.col_frame if averaged else atoms.col
+    n_avg = np.ones(n, dtype=np.int64)
     if positions == "network":
         rows, cols, refined = net_r, net_c, np.zeros(n, dtype=bool)
     elif positions == "refined":
         rows, cols, refined = np.where(has_fit, ref_r, net_r), np.where(has_fit, ref_c, net_c), has_fit
     else:
         rows, cols = atoms.row, atoms.col
-        refined = has_fit & (rows == ref_r) & (cols == ref_c) & ((ref_r != net_r) | (ref_c != net_c))
+        refined = has_fit & (frame_r == ref_r) & (frame_c == ref_c) & ((ref_r != net_r) | (ref_c != net_c))
+        if averaged:
+            n_avg = np.nan_to_num(atoms.n_averaged, nan=1.0).astype(np.int64)
     cprob = atoms.class_probability
 
     def num(v: float, fmt: str = ".3f") -> str:
@@ -125,6 +136,9 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = N
                     num(cprob[i], ".4f") if cprob is not None else "",
                     num(ref_c[i]),
                     num(ref_r[i]),
+                    f"{frame_c[i]:.3f}",
+                    f"{frame_r[i]:.3f}",
+                    int(n_avg[i]),
                 ]
             )
     tmp.replace(out)

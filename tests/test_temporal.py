@@ -1,0 +1,92 @@
+"""Averaging an atom's position over the frames of a movie (elit.temporal)."""
+
+import numpy as np
+import pytest
+
+from elit.data import AtomTable
+from elit.errors import InputError
+from elit.lattices import graphene_positions
+from elit.scale import positions_to_working
+from elit.temporal import average_over_frames
+
+PX = 0.1  # Angstrom per pixel
+SIZE_A = 30.0
+
+
+def movie_atoms(n_frames=5, drift_A=(0.35, -0.2), noise_A=0.05, seed=0):
+    """A drifting graphene sheet seen in ``n_frames`` frames, each position with its own noise.
+
+    Returns the table (pixels) and each row's true position and site index.
+    """
+    rng = np.random.default_rng(seed)
+    sites = graphene_positions((SIZE_A, SIZE_A), rotation=0.2, margin=0.0)
+    sites = sites[(sites > 2.0).all(axis=1) & (sites < SIZE_A - 2.0).all(axis=1)]
+    frames, true, site_index = [], [], []
+    for f in range(n_frames):
+        pos = sites + np.asarray(drift_A) * f
+        frames.append(np.full(len(sites), f))
+        true.append(pos)
+        site_index.append(np.arange(len(sites)))
+    true = np.concatenate(true)
+    seen = true + rng.normal(0.0, noise_A, true.shape)
+    n = len(true)
+    atoms = AtomTable(np.concatenate(frames), seen[:, 0] / PX, seen[:, 1] / PX, np.zeros(n), np.ones(n), np.zeros(n))
+    return atoms, true / PX, np.concatenate(site_index)
+
+
+def rmse_A(rows_cols, true):
+    return float(np.sqrt(np.mean(np.sum((rows_cols - true) ** 2, axis=1))) * PX)
+
+
+def test_static_atoms_are_averaged_and_frame_positions_kept():
+    atoms, true, _ = movie_atoms()
+    out, record = average_over_frames(atoms, PX, window=3)
+    before, after = rmse_A(atoms.positions(), true), rmse_A(out.positions(), true)
+    assert after < 0.55 * before  # 4-5 frames each: ~1/sqrt(4.5) of the error
+    assert np.array_equal(out.row_frame, atoms.row) and np.array_equal(out.col_frame, atoms.col)
+    assert out.n_averaged.min() >= 4 and out.n_averaged.max() == 5
+    assert 0.1 < record["gate_A"] <= 0.3 and record["linked"] == len(atoms)
+
+
+def test_an_atom_that_moved_or_vanished_is_not_averaged_with_where_it_was():
+    atoms, true, site = movie_atoms()
+    mover = (site == 40) & (atoms.frame >= 2)  # jumps 0.6 A from frame 2 on
+    atoms.row[mover] += 0.6 / PX
+    true[mover, 0] += 0.6 / PX
+    gone = np.flatnonzero((site == 80) & (atoms.frame == 3))
+    keep = np.ones(len(atoms), bool)
+    keep[gone] = False
+    atoms, true, site = atoms.select(keep), true[keep], site[keep]
+    out, _ = average_over_frames(atoms, PX, window=3)
+    before = np.hypot(*(atoms.positions()[site == 40] - true[site == 40]).T)
+    after = np.hypot(*(out.positions()[site == 40] - true[site == 40]).T)
+    assert after.max() < 0.12 / PX  # never pulled towards its old or new place (0.6 A away)
+    assert out.n_averaged[site == 40].tolist() == [2, 2, 3, 3, 3]  # frames 0-1, then 2-4, among themselves
+    assert after.mean() < before.mean()
+    assert out.n_averaged[site == 80].tolist() == [3, 4, 4, 3]  # frame 3 lost it; frames 0, 1, 2, 4 combine within 3
+
+
+def test_single_frames_and_window_zero_are_left_alone():
+    atoms, _, _ = movie_atoms(n_frames=1)
+    out, record = average_over_frames(atoms, PX)
+    assert np.array_equal(out.positions(), atoms.positions()) and (out.n_averaged == 1).all()
+    atoms, _, _ = movie_atoms()
+    out, record = average_over_frames(atoms, PX, window=0)
+    assert np.array_equal(out.positions(), atoms.positions()) and record["linked"] == 0
+    with pytest.raises(InputError):
+        average_over_frames(atoms, PX, window=-1)
+
+
+def test_drift_up_to_a_third_of_a_lattice_vector_per_frame_is_registered():
+    atoms, true, _ = movie_atoms(drift_A=(0.8, 0.5))
+    out, _ = average_over_frames(atoms, PX, window=2)
+    assert rmse_A(out.positions(), true) < 0.6 * rmse_A(atoms.positions(), true)
+
+
+def test_scaling_keeps_the_frame_positions_with_the_averaged_ones():
+    atoms, _, _ = movie_atoms(n_frames=2)
+    out, _ = average_over_frames(atoms, PX)
+    half = out.scaled(0.5)
+    rows, cols = positions_to_working(out.row_frame, out.col_frame, 0.5)
+    assert np.array_equal(half.row_frame, rows) and np.array_equal(half.col_frame, cols)
+    assert np.allclose(half.row - half.row_frame, (out.row - out.row_frame) * 0.5)
