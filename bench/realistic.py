@@ -330,7 +330,7 @@ def bench_movie(movie, recipe: str, workdir: Path, sets: list[str], label: str, 
 
 
 def print_rows(rows: list[dict]) -> None:
-    head = (f"{'movie':<28} {'method':<13} {'it':>2} {'kind':<10} {'F1':>6} {'prec':>6} {'rec':>6} {'RMSE A':>7} "
+    head = (f"{'movie':<28} {'method':<13} {'it':>2} {'kind':<10} {'F1':>6} {'prec':>6} {'rec':>6} {'RMSE A':>7} {'frame':>6} "
             f"{'bias x,y A':>13} {'cls':>3} {'c.rec':>6} {'c.prec':>6} {'hole':>4} {'patch/frame':<18} {'atoms':>6} {'s':>6}")
     print(head)
     print("-" * len(head))

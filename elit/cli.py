@@ -374,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--positions", choices=("refined", "network"), default=None,
-                   help="x,y: the run's own choice (locate.positions; default), the positions refined on the raw frame "
-                   "(the network's where not refined) or the network's; x_network,y_network and x_refined,y_refined "
-                   "always hold both")
+                   help="x,y: the run's own choice (locate.positions, averaged over frames with locate.average_frames; "
+                   "default), this frame's positions refined on the raw frame (the network's where not refined) or the "
+                   "network's; x_network,y_network and x_refined,y_refined always hold both, x_frame,y_frame this frame's "
+                   "own of the run's choice")
     s.set_defaults(func=cmd_atoms)
 
     s = sub.add_parser("predict", help="apply a trained ensemble to new data without retraining")

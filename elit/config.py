@@ -133,6 +133,11 @@ class LocateConfig(_Strict):
         0.3, gt=0.0, le=5.0, description="Largest shift (Angstrom) between two frames' sightings of one atom for "
         "average_frames to combine them.",
     )
+    fill_gaps: bool = Field(
+        True, description="With average_frames, add an atom that a frame missed where the frames before and after it "
+        "(within average_frames) saw one atom at the same place and the raw frame is not dark there "
+        "(elit.temporal.fill_gaps; the atom's filled column is 1).",
+    )
     classify: bool = Field(
         False, description="Give the atoms of every single-class ensemble their classes with the classifier stage on "
         "the raw frames (e.g. C and Si, or a perovskite's A and B sites); the loop still trains on one class. A "

@@ -18,7 +18,7 @@ IGNORE = 255
 
 ATOM_COLUMNS = ("frame", "row", "col", "class_index", "probability", "uncertainty")
 OPTIONAL_COLUMNS = ("row_network", "col_network", "class_probability", "fit_residual", "intensity", "row_refined",
-                    "col_refined", "row_frame", "col_frame", "n_averaged")
+                    "col_refined", "row_frame", "col_frame", "n_averaged", "filled")
 """Float columns an :class:`AtomTable` may carry (None when absent)."""
 
 
@@ -57,6 +57,9 @@ class AtomTable:
         several frames of a movie (:mod:`elit.temporal`).
     n_averaged : ndarray or None
         How many frames' positions ``row``, ``col`` average (1: this frame's alone).
+    filled : ndarray or None
+        1 for an atom this frame's detection missed and the frames before and after it
+        saw (:func:`elit.temporal.fill_gaps`), else 0.
     """
 
     frame: np.ndarray
@@ -76,6 +79,7 @@ class AtomTable:
     row_frame: np.ndarray | None = None
     col_frame: np.ndarray | None = None
     n_averaged: np.ndarray | None = None
+    filled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frame = np.asarray(self.frame, dtype=np.int64).reshape(-1)

@@ -16,7 +16,7 @@ log = logging.getLogger("elit")
 CSV_COLUMNS = (
     "frame", "x", "y", "class", "probability", "uncertainty", "class_name",
     "x_network", "y_network", "position", "class_probability", "x_refined", "y_refined",
-    "x_frame", "y_frame", "n_averaged",
+    "x_frame", "y_frame", "n_averaged", "filled",
 )
 """Columns of ``elit atoms`` output: x = column, y = row, in the input's own pixels.
 
@@ -29,6 +29,8 @@ classifier's probability of the class (empty when unknown).  In a movie the run'
 each atom over the frames where it was seen again in the same place (``locate.average_frames``,
 :mod:`elit.temporal`): ``n_averaged`` says over how many frames (1: this frame alone, as always with
 ``--positions``), and ``x_frame, y_frame`` hold this frame's own position of the kind ``position`` names.
+``filled`` is 1 for an atom this frame's detection missed and the frames around it saw
+(``locate.fill_gaps``; its position is theirs, mapped into this frame), else 0.
 """
 
 POSITIONS = ("refined", "network")
@@ -102,6 +104,7 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = N
     frame_r = atoms.row_frame if averaged else atoms.row
     frame_c = atoms.col_frame if averaged else atoms.col
     n_avg = np.ones(n, dtype=np.int64)
+    filled = (np.nan_to_num(atoms.filled) > 0) if atoms.filled is not None else np.zeros(n, dtype=bool)
     if positions == "network":
         rows, cols, refined = net_r, net_c, np.zeros(n, dtype=bool)
     elif positions == "refined":
@@ -139,6 +142,7 @@ def write_atoms_csv(atoms: AtomTable, out: str | Path, positions: str | None = N
                     f"{frame_c[i]:.3f}",
                     f"{frame_r[i]:.3f}",
                     int(n_avg[i]),
+                    int(filled[i]),
                 ]
             )
     tmp.replace(out)

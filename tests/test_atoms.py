@@ -251,3 +251,24 @@ def test_csv_keeps_both_positions_when_the_run_reports_the_networks(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "refined.csv")))
     assert [r["position"] for r in rows] == ["refined", "network"]
     assert float(rows[0]["y"]) == 1.5 and float(rows[1]["y"]) == 2.0
+
+
+def test_csv_of_positions_averaged_over_frames_keeps_each_frames_own(tmp_path):
+    import csv
+
+    from elit.data import AtomTable
+    from elit.results import write_atoms_csv
+
+    # locate.positions=refined, then averaged over frames: row, col = the average; row_frame, col_frame = the fit
+    t = AtomTable([0, 1], [1.2, 2.0], [4.2, 5.0], [0, 0], [0.9, 0.8], [0.1, 0.2], class_names=("C",),
+                  row_network=[1.0, 2.0], col_network=[4.5, 5.0], fit_residual=[0.1, 0.1],
+                  row_refined=[1.5, 2.0], col_refined=[4.0, 5.0], row_frame=[1.5, 2.0], col_frame=[4.0, 5.0],
+                  n_averaged=[3, 1])
+    write_atoms_csv(t, tmp_path / "run.csv")
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert [r["position"] for r in rows] == ["refined", "network"]  # atom 1's fit landed on the network's position
+    assert [r["n_averaged"] for r in rows] == ["3", "1"]
+    assert float(rows[0]["y"]) == 1.2 and float(rows[0]["y_frame"]) == 1.5 and float(rows[0]["x_frame"]) == 4.0
+    write_atoms_csv(t, tmp_path / "net.csv", positions="network")
+    rows = list(csv.DictReader(open(tmp_path / "net.csv")))
+    assert float(rows[0]["y"]) == 1.0 and [r["n_averaged"] for r in rows] == ["1", "1"]

@@ -90,3 +90,47 @@ def test_scaling_keeps_the_frame_positions_with_the_averaged_ones():
     rows, cols = positions_to_working(out.row_frame, out.col_frame, 0.5)
     assert np.array_equal(half.row_frame, rows) and np.array_equal(half.col_frame, cols)
     assert np.allclose(half.row - half.row_frame, (out.row - out.row_frame) * 0.5)
+
+
+def rendered(atoms, true, shape=(300, 300), dark=()):
+    """Noise-free frames of the true positions (rows ``dark`` left out of the image)."""
+    from elit.lattices import render_atoms
+
+    show = np.ones(len(true), bool)
+    show[list(dark)] = False
+    frames = []
+    for f in range(int(atoms.frame.max()) + 1):
+        mine = show & (atoms.frame == f)
+        frames.append(render_atoms(true[mine], np.ones(mine.sum()), shape, 3.0) + 0.05)
+    return np.stack(frames)
+
+
+def test_an_atom_a_frame_missed_is_filled_in_from_the_frames_around_it():
+    from elit.temporal import fill_gaps, link_frames
+
+    atoms, true, site = movie_atoms()
+    raw = rendered(atoms, true)
+    missed = np.flatnonzero((site == 50) & (atoms.frame == 2))[0]
+    dark = np.flatnonzero((site == 90) & (atoms.frame == 2))[0]  # gone from the image of frame 2 only
+    keep = np.ones(len(atoms), bool)
+    keep[[missed, dark]] = False
+    raw = rendered(atoms, true, dark=[dark])
+    seen = atoms.select(keep)
+    links = link_frames(seen, PX, window=3)
+    out, record = fill_gaps(seen, links, raw, PX, window=3)
+    assert record["filled"] == 1 and len(out) == len(seen) + 1 and np.all(np.diff(out.frame) >= 0)
+    new = out.select(out.filled == 1)
+    assert new.frame[0] == 2 and np.hypot(*(new.positions()[0] - true[missed])) < 0.05 / PX
+    assert new.n_averaged[0] == 4  # frames 0, 1, 3, 4
+    assert (out.filled == 0).sum() == len(seen)  # the atom dark in frame 2 (site 90) is not filled
+
+
+def test_nothing_is_filled_past_the_last_sighting_or_on_an_atom_already_there():
+    from elit.temporal import fill_gaps, link_frames
+
+    atoms, true, site = movie_atoms()
+    raw = rendered(atoms, true)
+    gone = (site == 50) & (atoms.frame >= 3)  # removed for good from frame 3 (a growing hole)
+    seen = atoms.select(~gone)
+    out, record = fill_gaps(seen, link_frames(seen, PX, window=3), raw, PX, window=3)
+    assert record["filled"] == 0 and len(out) == len(seen)
