@@ -92,8 +92,10 @@ def quality_summary(
         ``three_neighbour_share`` (mean over frames; None without ``bond_A``),
         ``three_neighbour_share_per_frame``, ``majority_class``, ``dopants``
         (list of ``frame, x, y, class_name, probability``), ``n_vacuum`` and
-        ``vacuum`` (list of ``frame, x, y``).  Positions are input pixels
-        (x = column).
+        ``vacuum`` (list of ``frame, x, y``), ``n_filled`` and ``filled`` (the atoms
+        added where a frame missed them, :func:`elit.temporal.fill_gaps`) and
+        ``mean_averaged`` (frames per position, 1 when not averaged over frames).
+        Positions are input pixels (x = column).
     """
     from elit.metrics import neighbour_stats
 
@@ -125,6 +127,8 @@ def quality_summary(
         for i in dop
     ]
     vac = vacuum_atoms(atoms, pixel_size_A, bond_A, vacuum_factor)
+    filled = np.nan_to_num(atoms.filled) > 0 if atoms.filled is not None else np.zeros(len(atoms), dtype=bool)
+    n_avg = np.nan_to_num(atoms.n_averaged, nan=1.0) if atoms.n_averaged is not None else np.ones(len(atoms))
     return {
         "n_atoms": int(len(atoms)),
         "nn_median_A": median,
@@ -136,4 +140,8 @@ def quality_summary(
         "n_vacuum": int(vac.sum()),
         "vacuum": [{"frame": int(atoms.frame[i]), "x": round(float(atoms.col[i]), 2), "y": round(float(atoms.row[i]), 2)}
                    for i in np.flatnonzero(vac)],
+        "n_filled": int(filled.sum()),
+        "filled": [{"frame": int(atoms.frame[i]), "x": round(float(atoms.col[i]), 2), "y": round(float(atoms.row[i]), 2)}
+                   for i in np.flatnonzero(filled)],
+        "mean_averaged": float(n_avg.mean()) if len(atoms) else 1.0,
     }

@@ -143,12 +143,18 @@ def _quality(store, it: int, raw: np.ndarray, input_px: float, lattice: str, fra
     if vac:
         axes[1].scatter([v["x"] for v in vac], [v["y"] for v in vac], s=60, marker="x", c="#ffea00",
                         label=f"in vacuum ({len(vac)})")
+    fill = [v for v in q["filled"] if v["frame"] == f]
+    if fill:
+        axes[1].scatter([v["x"] for v in fill], [v["y"] for v in fill], s=40, marker="+", c="#e040fb",
+                        label=f"missed here, seen in the frames around ({len(fill)})")
     axes[1].legend(loc="upper right", fontsize=7)
     axes[1].set_title(f"frame {f}: dopants and atoms in vacuum (all frames: {len(q['dopants'])}, {q['n_vacuum']})",
                       fontsize=9)
     axes[1].set_xticks([])
     axes[1].set_yticks([])
-    fig.suptitle(f"Label-free checks, iteration {it}", fontsize=11)
+    averaged = (f"; positions averaged over {q['mean_averaged']:.1f} frames on average, {q['n_filled']} atoms filled in"
+                if q["mean_averaged"] > 1 or q["n_filled"] else "")
+    fig.suptitle(f"Label-free checks, iteration {it}{averaged}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

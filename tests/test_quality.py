@@ -67,3 +67,14 @@ def test_report_draws_the_label_free_checks(tmp_path):
     paths = write_report(tmp_path / "run.h5", tmp_path / "report")
     assert tmp_path / "report" / "quality_last.png" in paths
     assert (tmp_path / "report" / "quality_last.png").stat().st_size > 10_000
+
+
+def test_filled_atoms_and_frame_averaging_are_reported():
+    atoms = _graphene(20.0)
+    q = quality_summary(atoms, PX)
+    assert q["n_filled"] == 0 and q["filled"] == [] and q["mean_averaged"] == 1.0
+    atoms.filled = np.zeros(len(atoms))
+    atoms.filled[3] = 1
+    atoms.n_averaged = np.full(len(atoms), 3.0)
+    q = quality_summary(atoms, PX)
+    assert q["n_filled"] == 1 and q["filled"][0]["x"] == round(atoms.col[3], 2) and q["mean_averaged"] == 3.0
