@@ -802,7 +802,8 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     raw : ndarray, shape (N, H, W)
         The frames at their own pixel size ``raw_px``.
     locate : LocateConfig
-        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions``, ``average_frames`` and ``classify``.
+        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions``, ``average_frames`` (with
+        ``max_motion_A`` and ``fill_gaps``) and ``classify``.
     classifier : Classifier or None
         Names the classes of a single-class table when ``locate.classify`` is on.
 
