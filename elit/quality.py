@@ -138,10 +138,14 @@ def quality_summary(
         "majority_class": names[majority] if majority < len(names) else str(majority),
         "dopants": dopants,
         "n_vacuum": int(vac.sum()),
-        "vacuum": [{"frame": int(atoms.frame[i]), "x": round(float(atoms.col[i]), 2), "y": round(float(atoms.row[i]), 2)}
-                   for i in np.flatnonzero(vac)],
+        "vacuum": _places(atoms, vac),
         "n_filled": int(filled.sum()),
-        "filled": [{"frame": int(atoms.frame[i]), "x": round(float(atoms.col[i]), 2), "y": round(float(atoms.row[i]), 2)}
-                   for i in np.flatnonzero(filled)],
+        "filled": _places(atoms, filled),
         "mean_averaged": float(n_avg.mean()) if len(atoms) else 1.0,
     }
+
+
+def _places(atoms: AtomTable, which: np.ndarray) -> list[dict]:
+    """``frame, x, y`` (input pixels, x = column) of the atoms ``which`` picks."""
+    return [{"frame": int(atoms.frame[i]), "x": round(float(atoms.col[i]), 2), "y": round(float(atoms.row[i]), 2)}
+            for i in np.flatnonzero(which)]

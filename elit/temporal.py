@@ -30,6 +30,8 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from elit.data import AtomTable
@@ -251,20 +253,12 @@ def average_over_frames(atoms: AtomTable, pixel_size_A: float, window: int = 3, 
 
 def _tracks(n: int, links: FrameLinks) -> np.ndarray:
     """Track number of every row: the connected components of the links."""
-    parent = np.arange(n)
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i_f, i_g in links.pairs.values():
-        for a, b in zip(i_f, i_g):
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    return np.array([root(i) for i in range(n)])
+    if not links.pairs:
+        return np.arange(n)
+    i = np.concatenate([p[0] for p in links.pairs.values()])
+    j = np.concatenate([p[1] for p in links.pairs.values()])
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def fill_gaps(atoms: AtomTable, links: FrameLinks, raw_frames, pixel_size_A: float, window: int = 3,
