@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -55,10 +56,13 @@ def _consensus_shift(p: np.ndarray, q: np.ndarray, tol: float, max_shift: float)
     """The translation ``t`` that maps the most points ``p`` onto points ``q`` (within ``tol``), smallest first.
 
     Every displacement from up to 200 points of ``p`` to the points of ``q`` within
-    ``max_shift`` votes for a bin of width ``tol``; the best-voted bins are tried and the
-    count of matched points decides.  Among shifts within 2 % of the best count the smallest
-    wins: a lattice maps onto itself under its own translations, and the smallest of them is
-    the drift between a movie's consecutive frames.
+    ``max_shift`` votes in a histogram of bin width ``tol / 2``; each bin's votes are summed
+    with its eight neighbours', so a shift on the corner of a bin is not split four ways and
+    outvoted by a lattice translation that happens to fall in a bin's middle.  The local
+    maxima with at least half the best sum are refined (the mean displacement of the points
+    they match) and the count of matched points decides.  Among shifts within 2 % of the best
+    count the smallest wins: a lattice maps onto itself under its own translations, and the
+    smallest of them is the drift between a movie's consecutive frames.
     """
     if len(p) == 0 or len(q) == 0:
         return np.zeros(2)
@@ -68,10 +72,26 @@ def _consensus_shift(p: np.ndarray, q: np.ndarray, tol: float, max_shift: float)
     votes = [q[nbrs] - sample[i] for i, nbrs in enumerate(tree_q.query_ball_point(sample, max_shift)) if nbrs]
     if not votes:
         return np.zeros(2)
-    bins, counts = np.unique(np.round(np.concatenate(votes) / tol).astype(np.int64), axis=0, return_counts=True)
-    top = bins[counts >= 0.5 * counts.max()] * tol
-    matched = np.array([(tree_q.query(sample + t, distance_upper_bound=tol)[0] < tol).sum() for t in top])
-    good = top[matched >= 0.98 * matched.max()]
+    width = tol / 2
+    n = int(np.ceil(max_shift / width)) + 1
+    edges = (np.arange(-n, n + 2) - 0.5) * width  # bin k is centred on (k - n) * width
+    disp = np.concatenate(votes)
+    hist = np.histogram2d(disp[:, 0], disp[:, 1], bins=[edges, edges])[0]
+    summed = ndimage.correlate(hist, np.ones((3, 3)), mode="constant")
+    peaks = (summed == ndimage.maximum_filter(summed, size=3, mode="constant")) & (summed >= 0.5 * summed.max())
+
+    def refined(t: np.ndarray) -> tuple[np.ndarray, int]:
+        for _ in range(3):
+            d, j = tree_q.query(sample + t, distance_upper_bound=tol)
+            ok = d < tol
+            if not ok.any():
+                break
+            t = (q[j[ok]] - sample[ok]).mean(axis=0)
+        return t, int((tree_q.query(sample + t, distance_upper_bound=tol)[0] < tol).sum())
+
+    tried = [refined((k - n) * width) for k in np.argwhere(peaks).astype(np.float64)]
+    matched = np.array([m for _, m in tried])
+    good = np.array([t for t, m in tried if m >= 0.98 * matched.max()])
     best = good[np.argmin(np.hypot(good[:, 0], good[:, 1]))]
     d, j = tree_q.query(p + best, distance_upper_bound=tol)
     ok = d < tol

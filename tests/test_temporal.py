@@ -134,3 +134,16 @@ def test_nothing_is_filled_past_the_last_sighting_or_on_an_atom_already_there():
     seen = atoms.select(~gone)
     out, record = fill_gaps(seen, link_frames(seen, PX, window=3), raw, PX, window=3)
     assert record["filled"] == 0 and len(out) == len(seen)
+
+
+def test_the_drift_is_found_wherever_it_falls_among_the_vote_bins():
+    # a lattice maps onto itself under its lattice vectors: a drift that falls on the corner of a vote
+    # bin, its votes split four ways, once lost to a lattice vector that fell in a bin's middle
+    from elit.temporal import link_frames
+
+    rng = np.random.default_rng(1)
+    for k in range(60):
+        drift_A = rng.uniform(-1.0, 1.0, 2)
+        atoms, _, _ = movie_atoms(n_frames=2, drift_A=tuple(drift_A), noise_A=0.1, seed=k)
+        shift_px = link_frames(atoms, PX, window=1).maps[(0, 1)][2]
+        assert np.hypot(*(shift_px - drift_A / PX)) < 1.0, (k, drift_A)
