@@ -80,22 +80,22 @@ def _consensus_shift(p: np.ndarray, q: np.ndarray, tol: float, max_shift: float)
     summed = ndimage.correlate(hist, np.ones((3, 3)), mode="constant")
     peaks = (summed == ndimage.maximum_filter(summed, size=3, mode="constant")) & (summed >= 0.5 * summed.max())
 
-    def refined(t: np.ndarray) -> tuple[np.ndarray, int]:
-        for _ in range(3):
-            d, j = tree_q.query(sample + t, distance_upper_bound=tol)
-            ok = d < tol
-            if not ok.any():
-                break
-            t = (q[j[ok]] - sample[ok]).mean(axis=0)
-        return t, int((tree_q.query(sample + t, distance_upper_bound=tol)[0] < tol).sum())
-
-    tried = [refined((k - n) * width) for k in np.argwhere(peaks).astype(np.float64)]
-    matched = np.array([m for _, m in tried])
-    good = np.array([t for t, m in tried if m >= 0.98 * matched.max()])
+    shifts = [_refine_shift(sample, q, tree_q, (k - n) * width, tol, 3) for k in np.argwhere(peaks).astype(np.float64)]
+    matched = np.array([(tree_q.query(sample + t, distance_upper_bound=tol)[0] < tol).sum() for t in shifts])
+    good = np.array([t for t, m in zip(shifts, matched) if m >= 0.98 * matched.max()])
     best = good[np.argmin(np.hypot(good[:, 0], good[:, 1]))]
-    d, j = tree_q.query(p + best, distance_upper_bound=tol)
-    ok = d < tol
-    return (q[j[ok]] - p[ok]).mean(axis=0) if ok.any() else best
+    return _refine_shift(p, q, tree_q, best, tol, 1)
+
+
+def _refine_shift(p: np.ndarray, q: np.ndarray, tree_q: cKDTree, t: np.ndarray, tol: float, steps: int) -> np.ndarray:
+    """``t`` replaced ``steps`` times by the mean displacement of the points ``p + t`` it matches in ``q`` (within ``tol``)."""
+    for _ in range(steps):
+        d, j = tree_q.query(p + t, distance_upper_bound=tol)
+        ok = d < tol
+        if not ok.any():
+            break
+        t = (q[j[ok]] - p[ok]).mean(axis=0)
+    return t
 
 
 def _fit_affine(p: np.ndarray, q: np.ndarray) -> np.ndarray:
