@@ -138,6 +138,11 @@ class LocateConfig(_Strict):
         "(within average_frames) saw one atom at the same place and the raw frame is not dark there "
         "(elit.temporal.fill_gaps; the atom's filled column is 1).",
     )
+    fill_first_frame: bool = Field(
+        True, description="With fill_gaps, also add an atom that the first frame missed where frames 1 and 2 both saw "
+        "it and the raw first frame is not dark there: the beam removes atoms far more often than it adds them to a "
+        "lattice site. Off for a movie in which atoms arrive (growth, deposition).",
+    )
     classify: bool = Field(
         False, description="Give the atoms of every single-class ensemble their classes with the classifier stage on "
         "the raw frames (e.g. C and Si, or a perovskite's A and B sites); the loop still trains on one class. A "

@@ -853,7 +853,8 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
         links = link_frames(on_raw, raw_px, window=locate.average_frames, max_motion_A=locate.max_motion_A)
         on_raw, record["averaged"] = average_over_frames(on_raw, raw_px, links=links)
         if locate.fill_gaps:
-            on_raw, record["gaps"] = fill_gaps(on_raw, links, raw, raw_px, window=locate.average_frames)
+            on_raw, record["gaps"] = fill_gaps(on_raw, links, raw, raw_px, window=locate.average_frames,
+                                                  first_frame=locate.fill_first_frame)
     if locate.classify and classifier is not None and len(on_raw.class_names) == 1:
         on_raw = classifier.classify(raw, on_raw, raw_px)
         record["classifier"] = {"name": classifier.name, "config": classifier.config.model_dump(mode="json")}

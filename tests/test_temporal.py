@@ -136,6 +136,28 @@ def test_nothing_is_filled_past_the_last_sighting_or_on_an_atom_already_there():
     assert record["filled"] == 0 and len(out) == len(seen)
 
 
+def test_the_first_frame_is_filled_from_frames_1_and_2_and_the_last_frame_is_not():
+    from elit.temporal import fill_gaps, link_frames
+
+    atoms, true, site = movie_atoms()
+    first = np.flatnonzero((site == 50) & (atoms.frame == 0))[0]  # missed by frame 0, seen in 1 and 2
+    once = np.flatnonzero((site == 60) & (atoms.frame <= 1))  # seen again in frame 2 only
+    dark = np.flatnonzero((site == 90) & (atoms.frame == 0))[0]  # gone from the image of frame 0
+    last = np.flatnonzero((site == 70) & (atoms.frame == 4))[0]  # the last frame has no frame after it
+    keep = np.ones(len(atoms), bool)
+    keep[[first, *once, dark, last]] = False
+    raw = rendered(atoms, true, dark=[dark])
+    seen = atoms.select(keep)
+    links = link_frames(seen, PX, window=3)
+    out, record = fill_gaps(seen, links, raw, PX, window=3)
+    new = out.select(out.filled == 1)
+    assert record["filled"] == 1 and new.frame[0] == 0
+    assert np.hypot(*(new.positions()[0] - true[first])) < 0.05 / PX
+    assert new.n_averaged[0] == 3  # frames 1, 2, 3
+    off, record = fill_gaps(seen, links, raw, PX, window=3, first_frame=False)
+    assert record["filled"] == 0 and len(off) == len(seen)
+
+
 def test_the_drift_is_found_wherever_it_falls_among_the_vote_bins():
     # a lattice maps onto itself under its lattice vectors: a drift that falls on the corner of a vote
     # bin, its votes split four ways, once lost to a lattice vector that fell in a bin's middle
