@@ -158,6 +158,24 @@ def test_the_first_frame_is_filled_from_frames_1_and_2_and_the_last_frame_is_not
     assert record["filled"] == 0 and len(off) == len(seen)
 
 
+def test_a_sighting_placed_off_beyond_the_gate_is_joined_to_its_track_not_doubled():
+    from elit.temporal import fill_gaps, link_frames
+
+    atoms, true, site = movie_atoms(noise_A=0.02)
+    raw = rendered(atoms, true)
+    off = np.flatnonzero((site == 50) & (atoms.frame == 2))[0]
+    atoms.row[off] += 0.55 / PX  # beyond the gate, within half a bond of where the atom is
+    links = link_frames(atoms, PX, window=3)
+    assert not any(off in i or off in j for i, j in links.pairs.values())
+    atoms, _ = average_over_frames(atoms, PX, links=links)
+    out, record = fill_gaps(atoms, links, raw, PX, window=3)
+    assert record["filled"] == 0 and record["relinked"] == 1 and len(out) == len(atoms)
+    assert out.n_averaged[off] == 5  # its own sighting and frames 0, 1, 3, 4
+    assert np.hypot(*(out.positions()[off] - true[off])) < 0.15 / PX  # the mean of five, one 0.55 A off
+    kept, record = fill_gaps(atoms, links, raw, PX, window=3, relink=False)
+    assert record["relinked"] == 0 and kept.positions()[off][0] == atoms.row[off]
+
+
 def test_the_drift_is_found_wherever_it_falls_among_the_vote_bins():
     # a lattice maps onto itself under its lattice vectors: a drift that falls on the corner of a vote
     # bin, its votes split four ways, once lost to a lattice vector that fell in a bin's middle
