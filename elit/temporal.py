@@ -297,7 +297,7 @@ def fill_gaps(atoms: AtomTable, links: FrameLinks, raw_frames, pixel_size_A: flo
     and 2 both saw is placed in frame 0 on the same terms.  The beam removes atoms far
     more often than it puts one on a lattice site, so a site filled in frames 1 and 2 was
     filled in frame 0 too; the last frame gets no such rule, since a site that the frames
-    before it saw may have lost its atom there (a growing hole).  On 36 stored runs of
+    before it saw may have lost its atom there (a growing hole).  On 37 stored runs of
     multislice graphene movies (8 seeds, 1e4 to 5e5 e/A^2) it added up to 14 true atoms
     per movie and no false one; the same rule for the last frame added false atoms in the
     growing hole on every run.
