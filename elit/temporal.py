@@ -370,14 +370,13 @@ def fill_gaps(atoms: AtomTable, links: FrameLinks, raw_frames, pixel_size_A: flo
     shape = frames.shape[1:]
     keep = []
     moves = {}
-    linked = np.zeros(n, dtype=bool)
-    for i, j in links.pairs.values():
-        linked[i] = linked[j] = True
+    linked = np.bincount(track)[track] > 1  # joined to a sighting in another frame
     for f in sorted({c[0] for c in cand}):
         mine = [k for k, c in enumerate(cand) if c[0] == f]
         rc = np.array([cand[k][1:3] for k in mine])
         inside = (rc >= 0).all(axis=1) & (rc[:, 0] <= shape[0] - 1) & (rc[:, 1] <= shape[1] - 1)
-        here = pos[atoms.frame == f]
+        rows_f = np.flatnonzero(atoms.frame == f)
+        here = pos[rows_f]
         if len(here) < 3:
             continue
         tree = cKDTree(here)
@@ -385,10 +384,9 @@ def fill_gaps(atoms: AtomTable, links: FrameLinks, raw_frames, pixel_size_A: flo
         dist, nearest = tree.query(rc)
         free = dist > 0.5 * spacing
         if relink:  # a sighting the links left alone, where the track says the atom is: the same atom, misplaced
-            rows_f = np.flatnonzero(atoms.frame == f)
             for k in np.flatnonzero(~free & inside & ~linked[rows_f[nearest]]):
                 moves.setdefault(int(rows_f[nearest[k]]), []).append((dist[k], mine[k]))
-        probe = AtomTable.concatenate([atoms.select(atoms.frame == f), _rows(f, rc, atoms.class_names)])
+        probe = AtomTable.concatenate([atoms.select(rows_f), _rows(f, rc, atoms.class_names)])
         bright = ~faint_atoms(frames, probe, pixel_size_A, min_signal)[len(here):]
         keep += [mine[k] for k in np.flatnonzero(inside & free & bright)]
     record["filled"] = len(keep)
