@@ -32,6 +32,7 @@ Use
     python bench/realistic.py --final --json heldout.json              # held-out seeds, every dose
     python bench/realistic.py --final --seeds 104 --materials graphene # one held-out seed
     python bench/realistic.py --final --reuse-conventional ...         # conventional trained once per dose
+    python bench/realistic.py --doses 2e4 --pixel-size 0.075           # frames sampled finer (default 0.1 A/px)
     python bench/realistic.py --real                                   # no-collapse check on real images
 """
 
@@ -239,7 +240,8 @@ def conventional_overrides(movie) -> list[str]:
     counts inside the 0.5 A label discs of the true atoms minus the 5th percentile of the frame,
     ``level`` = that 5th percentile / contrast.  The augmenter then adds Poisson noise of
     ``dose_range = contrast x (0.75, 1.33)`` counts per typical atom (``dose_reference: atoms``)
-    on a background of ``level x (0.75, 1.33)`` in every training image.
+    on a background of ``level x (0.75, 1.33)`` in every training image.  The networks work at the
+    movie's own pixel size (``scale.pixel_size``, the recipe's 0.1 A/px unless the movie has another).
     """
     clean = movie.clean
     from elit.masks import label_map
@@ -255,13 +257,13 @@ def conventional_overrides(movie) -> list[str]:
     return [
         f"augmenter.params.dose_range=[{0.75 * contrast:.4g},{1.33 * contrast:.4g}]",
         f"augmenter.params.poisson_background_range=[{0.75 * level:.4g},{1.33 * level:.4g}]",
-    ]
+    ] + ([] if movie.pixel_size == rd.PIXEL_SIZE else [f"scale.pixel_size={movie.pixel_size:g}"])
 
 
-def run_elit(frames_npy: Path, recipe: str, out: Path, sets: list[str], log: Path) -> float:
+def run_elit(frames_npy: Path, recipe: str, out: Path, sets: list[str], log: Path, pixel_size: float = rd.PIXEL_SIZE) -> float:
     """``elit run`` as a user types it; returns the wall seconds; raises with the log's tail on failure."""
     elit = Path(sys.executable).with_name("elit")
-    cmd = [str(elit), "run", "--recipe", recipe, "--data", str(frames_npy), "--pixel-size", "0.1",
+    cmd = [str(elit), "run", "--recipe", recipe, "--data", str(frames_npy), "--pixel-size", f"{pixel_size:g}",
            "--out", str(out), "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
@@ -298,10 +300,11 @@ def iterations_of(result: Path) -> list[tuple[int, str, AtomTable, float | None]
     return out
 
 
-def predict_elit(model: Path, frames_npy: Path, out: Path, log: Path) -> float:
+def predict_elit(model: Path, frames_npy: Path, out: Path, log: Path, pixel_size: float = rd.PIXEL_SIZE) -> float:
     """``elit predict MODEL frames.npy`` (a trained ensemble applied to new data); returns the wall seconds."""
     elit = Path(sys.executable).with_name("elit")
-    cmd = [str(elit), "predict", str(model), str(frames_npy), "--pixel-size", "0.1", "--out", str(out), "--overwrite"]
+    cmd = [str(elit), "predict", str(model), str(frames_npy), "--pixel-size", f"{pixel_size:g}", "--out", str(out),
+           "--overwrite"]
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         fh.write(" ".join(cmd) + "\n")
@@ -318,9 +321,9 @@ def bench_movie(movie, recipe: str, workdir: Path, sets: list[str], label: str, 
     d.mkdir(parents=True, exist_ok=True)
     frames = rd.save_npy(movie, d)
     if model is None:
-        wall = run_elit(frames, recipe, d / "r.h5", sets, d / "elit.log")
+        wall = run_elit(frames, recipe, d / "r.h5", sets, d / "elit.log", movie.pixel_size)
     else:
-        wall = predict_elit(model, frames, d / "r.h5", d / "elit.log")
+        wall = predict_elit(model, frames, d / "r.h5", d / "elit.log", movie.pixel_size)
         sets = [f"predict with {model}"]
     rows = []
     for it, kind, atoms, seconds in iterations_of(d / "r.h5"):
@@ -395,6 +398,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", help="comma-separated seeds of the chosen set (default: all of them; e.g. the held-out seeds simulated so far)")
     p.add_argument("--doses", default=",".join(f"{d:g}" for d in rd.DOSES), help="comma-separated e/A^2")
     p.add_argument("--regime", default="normal", choices=sorted(rd.REGIMES))
+    p.add_argument("--pixel-size", type=float, default=rd.PIXEL_SIZE,
+                   help=f"Angstrom per pixel the movies are sampled at (default {rd.PIXEL_SIZE:g}; given to elit as --pixel-size)")
     p.add_argument("--quick", action="store_true", help="train the conventional baseline much shorter (see QUICK_CONVENTIONAL)")
     p.add_argument("--skip-conventional", action="store_true")
     p.add_argument("--skip-elit", action="store_true", help="only the conventional baseline")
@@ -424,7 +429,7 @@ def main(argv=None) -> None:
                 p.error(f"{material} seeds {other} are not {'held-out' if args.final else 'tuning'} seeds {seeds[material]}")
         for seed in chosen:
             for dose in doses:
-                movie = rd.load_movie(material, seed, dose, args.regime, final=args.final)
+                movie = rd.load_movie(material, seed, dose, args.regime, final=args.final, pixel_size=args.pixel_size)
                 new = []
                 if not args.skip_elit:
                     new += bench_movie(movie, RECIPES[material], args.workdir, list(args.set), "elit")

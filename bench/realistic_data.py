@@ -81,9 +81,9 @@ class Regime:
     Attributes
     ----------
     drift_px : float
-        Mean drift per frame (pixels), along a direction fixed per movie.
+        Mean drift per frame (pixels of :data:`PIXEL_SIZE`), along a direction fixed per movie.
     drift_walk_px : float
-        Standard deviation of a random-walk term added to the drift per frame (pixels).
+        Standard deviation of a random-walk term added to the drift per frame (pixels of :data:`PIXEL_SIZE`).
     jitter_px : float
         Standard deviation of the per-row scan-line shift (pixels); half of it is
         white from row to row, half follows a slow random walk.
@@ -497,18 +497,23 @@ def _smooth_background(rng, shape) -> np.ndarray:
     return 1.0 + field
 
 
-def movie_name(material: str, seed: int, regime: str, dose: float) -> str:
-    """A movie's name, e.g. ``graphene-s107-normal-8e+04`` (the bench's work folders are named by it)."""
-    return f"{material}-s{seed}-{regime}-{dose:.0e}"
+def movie_name(material: str, seed: int, regime: str, dose: float, pixel_size: float = PIXEL_SIZE) -> str:
+    """A movie's name, e.g. ``graphene-s107-normal-8e+04`` (the bench's work folders are named by it).
+
+    A pixel size other than :data:`PIXEL_SIZE` is added: ``graphene-s0-normal-2e+04-px0.075``.
+    """
+    name = f"{material}-s{seed}-{regime}-{dose:.0e}"
+    return name if pixel_size == PIXEL_SIZE else f"{name}-px{pixel_size:g}"
 
 
 def parse_movie_name(name: str) -> tuple[str, int, str, float]:
     """``(material, seed, regime, dose)`` of a :func:`movie_name`."""
     material, seed, regime, dose = name.split("-", 3)
-    return material, int(seed[1:]), regime, float(dose)
+    return material, int(seed[1:]), regime, float(dose.split("-px")[0])
 
 
-def load_movie(material: str, seed: int, dose: float, regime: str = "normal", final: bool = False) -> Movie:
+def load_movie(material: str, seed: int, dose: float, regime: str = "normal", final: bool = False,
+               pixel_size: float = PIXEL_SIZE) -> Movie:
     """Load a cached movie and apply drift, jitter, background and Poisson noise for ``dose``.
 
     Parameters
@@ -522,8 +527,13 @@ def load_movie(material: str, seed: int, dose: float, regime: str = "normal", fi
         Drift, jitter and background (:data:`REGIMES`).
     final : bool
         Allow the held-out seeds.
+    pixel_size : float
+        Angstrom per pixel the frames are sampled at (the band-limited period is
+        evaluated there; drift is the same in Angstrom, jitter the same in pixels).
     """
     check_seed(material, seed, final)
+    if not 0.02 <= pixel_size <= 0.3:
+        raise ValueError(f"pixel_size must lie in [0.02, 0.3] A/px, got {pixel_size}")
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose from {sorted(REGIMES)}")
     d = movie_dir(material, seed)
@@ -535,14 +545,14 @@ def load_movie(material: str, seed: int, dose: float, regime: str = "normal", fi
     spec = MATERIALS[material]
     reg = REGIMES[regime]
     box = np.array(specimen["box"])  # (lx, ly)
-    ps = PIXEL_SIZE
+    ps = float(pixel_size)
     shape = (int(np.floor(box[1] / ps + 1e-6)), int(np.floor(box[0] / ps + 1e-6)))
     # drift and jitter depend on the movie and regime only; the counts also on the dose
     geo = np.random.default_rng([VERSION, 3, seed, list(REGIMES).index(regime), list(MATERIALS).index(material)])
     direction = geo.uniform(0, 2 * np.pi)
     steps = reg.drift_px * np.array([np.sin(direction), np.cos(direction)]) + geo.normal(0, reg.drift_walk_px, (spec.n_frames, 2))
     steps[0] = 0.0
-    shifts = np.cumsum(steps, axis=0) * ps  # (N, 2) Angstrom (y, x)
+    shifts = np.cumsum(steps, axis=0) * PIXEL_SIZE  # (N, 2) Angstrom (y, x), whatever the frames' pixel size
     noise = np.random.default_rng([VERSION, 4, seed, list(REGIMES).index(regime), int(round(dose)), list(MATERIALS).index(material)])
     clean, counts, truth, amo, oxy, holes, patches = [], [], [], [], [], [], []
     frame_atoms = SPECIMENS[material][1]
@@ -568,11 +578,11 @@ def load_movie(material: str, seed: int, dose: float, regime: str = "normal", fi
             holes.append(np.zeros(shape, dtype=bool))
             patches.append(np.zeros(shape, dtype=bool))
     info = dict(
-        material=material, seed=seed, dose=float(dose), regime=regime, drift_A=shifts.tolist(),
+        material=material, seed=seed, dose=float(dose), regime=regime, pixel_size=ps, drift_A=shifts.tolist(),
         jitter_px=reg.jitter_px, version=VERSION, simulator=meta["simulator"], cpu_s_per_frame=meta["cpu_s_per_frame"],
     )
     return Movie(
-        name=movie_name(material, seed, regime, dose),
+        name=movie_name(material, seed, regime, dose, ps),
         frames=np.stack(counts), pixel_size=ps,
         truth=AtomTable.concatenate(truth, class_names=spec.class_names),
         amorphous=AtomTable.concatenate(amo, class_names=("C",)),
