@@ -31,18 +31,6 @@ __all__ = [
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.9
 
-MIN_SHRINK_SIGMA = 0.5
-"""Least Gaussian sigma (input pixels) that :func:`resample` smooths with when it shrinks.
-
-The anti-aliasing sigma ``(1 / factor - 1) / 2`` is 0.5 at a 2x shrink and falls
-to 0 as the factor nears 1, so a shrink by less than 2x (0.13 A/px to the
-recipes' 0.2 A/px: sigma 0.27) left a sparse frame's counts as sharper spikes
-than a 2x shrink does.  On four multislice graphene movies at 1e4 e/A^2 sampled at
-0.13 A/px (tuning seed 0, spent seeds 110-112) this floor lowered the RMSE on
-every one (0.060 -> 0.054 A on average; each frame alone 0.098 -> 0.090), with
-the same F1 (0.9980) and as many or fewer atoms in the hole (26 -> 19).
-"""
-
 
 def normalize(frames, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE) -> np.ndarray:
     """Scale each frame robustly to [0, 1].
@@ -104,8 +92,8 @@ def resample(frames, factor: float, order: int = 1) -> np.ndarray:
     The output has ``round(H * factor) x round(W * factor)`` pixels; output pixel
     ``j`` samples input coordinate ``(j + 0.5) / factor - 0.5`` (see the module
     docstring).  When shrinking, frames are first smoothed with a Gaussian of
-    sigma ``(1 / factor - 1) / 2`` input pixels against aliasing, and at least
-    :data:`MIN_SHRINK_SIGMA`.  Edges are extended with the nearest value.
+    sigma ``(1 / factor - 1) / 2`` input pixels against aliasing.  Edges are
+    extended with the nearest value.
 
     Parameters
     ----------
@@ -132,7 +120,7 @@ def resample(frames, factor: float, order: int = 1) -> np.ndarray:
         return x.copy()
     stack = x.reshape((-1,) + x.shape[-2:])
     if factor < 1.0:
-        sigma = max((1.0 / factor - 1.0) / 2.0, MIN_SHRINK_SIGMA)
+        sigma = (1.0 / factor - 1.0) / 2.0
         stack = ndimage.gaussian_filter(stack, sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
     out_hw = _output_shape(stack.shape[1:], factor)
     inv = 1.0 / factor
