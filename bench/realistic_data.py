@@ -506,10 +506,14 @@ def movie_name(material: str, seed: int, regime: str, dose: float, pixel_size: f
     return name if pixel_size == PIXEL_SIZE else f"{name}-px{pixel_size:g}"
 
 
-def parse_movie_name(name: str) -> tuple[str, int, str, float]:
-    """``(material, seed, regime, dose)`` of a :func:`movie_name`."""
-    material, seed, regime, dose = name.split("-", 3)
-    return material, int(seed[1:]), regime, float(dose.split("-px")[0])
+def parse_movie_name(name: str) -> tuple[str, int, str, float, float]:
+    """``(material, seed, regime, dose, pixel_size)`` of a :func:`movie_name`."""
+    material, seed, rest = name.split("-", 2)
+    regime = next((r for r in REGIMES if rest.startswith(r + "-")), None)  # a regime's name may hold "-"
+    if regime is None:
+        raise ValueError(f"{name!r} is not a movie name: no regime of {sorted(REGIMES)} after the seed")
+    dose, _, px = rest[len(regime) + 1:].partition("-px")
+    return material, int(seed[1:]), regime, float(dose), float(px) if px else PIXEL_SIZE
 
 
 def load_movie(material: str, seed: int, dose: float, regime: str = "normal", final: bool = False,

@@ -69,8 +69,8 @@ def main(argv=None) -> None:
         if not RunStore.open(run, mode="r").stage_complete(0, "predict"):
             print(f"{run}: iteration 0 did not finish; skipped", flush=True)
             continue
-        material, seed, regime, dose = rd.parse_movie_name(run.parent.parent.name)
-        movie = rd.load_movie(material, seed, dose, regime, final=args.final)
+        material, seed, regime, dose, pixel_size = rd.parse_movie_name(run.parent.parent.name)
+        movie = rd.load_movie(material, seed, dose, regime, final=args.final, pixel_size=pixel_size)
         r = member_scores(run, movie)
         rows.append(r)
         print(f"{r['movie']:28s} members F1 {' '.join(f'{x:.4f}' for x in r['members_f1'])} | selected {r['selected']} "
