@@ -131,15 +131,15 @@ def high_band_share(factor: float, size: int = 192, seed: int = 0) -> float:
     Parameters
     ----------
     factor : float
-        Working pixels per input pixel, as given to :func:`elit.scale.resample`.
+        Working pixels per input pixel, as given to :func:`elit.scale.to_working`.
     size : int
         Side of the noise image used for the measurement (working pixels).
     """
-    from elit.scale import resample
+    from elit.scale import to_working
 
     rng = np.random.default_rng(seed)
     n_in = max(16, int(round(size / factor)))
-    noise = resample(rng.standard_normal((n_in, n_in)).astype(np.float32), factor).astype(np.float64)
+    noise = to_working(rng.standard_normal((n_in, n_in)).astype(np.float32), factor).astype(np.float64)
     noise = noise[4:-4, 4:-4]  # resampling extends edges: keep the interior
     _, h = _split_bands(noise - noise.mean())
     return float(np.mean(h**2) / np.var(noise))

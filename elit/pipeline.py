@@ -308,7 +308,7 @@ def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple
     factor : float
         Working pixels per input pixel (``input_pixel_size / working``).
     """
-    from elit.scale import estimate_pixel_size, normalize, resample
+    from elit.scale import estimate_pixel_size, normalize, to_working
 
     frames = np.asarray(frames)
     if frames.ndim == 2:
@@ -326,7 +326,7 @@ def prepare_frames(frames: np.ndarray, pixel_size: float | None, scale) -> tuple
     factor = float(px) / scale.pixel_size
     working = None
     for f0 in range(0, len(frames), PREPARE_CHUNK):  # a few frames at a time: no full-size temporaries
-        part = normalize(resample(frames[f0 : f0 + PREPARE_CHUNK], factor))
+        part = normalize(to_working(frames[f0 : f0 + PREPARE_CHUNK], factor))
         if working is None:
             working = np.empty((len(frames),) + part.shape[1:], dtype=np.float32)
         working[f0 : f0 + len(part)] = part

@@ -25,11 +25,18 @@ __all__ = [
     "positions_to_input",
     "positions_to_working",
     "resample",
+    "to_working",
     "to_working_scale",
 ]
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.9
+
+WORKING_MIN_SIGMA = 0.5
+"""Least smoothing (input pixels) of a shrink to the working scale.  The usual anti-aliasing
+sigma ``(1 / factor - 1) / 2`` falls towards 0 as the factor nears 1, where linear
+interpolation leaves the noise's variance swinging from pixel to pixel with the sample
+points' phase and a count that lands on a sample point stays a one-pixel spike."""
 
 
 def normalize(frames, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE) -> np.ndarray:
@@ -86,14 +93,14 @@ def _output_shape(shape, factor):
     return tuple(max(1, int(round(s * factor))) for s in shape)
 
 
-def resample(frames, factor: float, order: int = 1) -> np.ndarray:
+def resample(frames, factor: float, order: int = 1, min_sigma: float = 0.0) -> np.ndarray:
     """Resize ``(H, W)`` or ``(N, H, W)`` frames by ``factor``.
 
     The output has ``round(H * factor) x round(W * factor)`` pixels; output pixel
     ``j`` samples input coordinate ``(j + 0.5) / factor - 0.5`` (see the module
     docstring).  When shrinking, frames are first smoothed with a Gaussian of
-    sigma ``(1 / factor - 1) / 2`` input pixels against aliasing.  Edges are
-    extended with the nearest value.
+    sigma ``(1 / factor - 1) / 2`` input pixels against aliasing, or ``min_sigma``
+    if that is larger.  Edges are extended with the nearest value.
 
     Parameters
     ----------
@@ -103,6 +110,8 @@ def resample(frames, factor: float, order: int = 1) -> np.ndarray:
         Output pixels per input pixel (> 1 enlarges).
     order : int
         Spline order of the interpolation (1 = linear, 3 = cubic).
+    min_sigma : float
+        Least Gaussian smoothing of a shrink, input pixels (an enlargement is not smoothed).
 
     Returns
     -------
@@ -120,7 +129,7 @@ def resample(frames, factor: float, order: int = 1) -> np.ndarray:
         return x.copy()
     stack = x.reshape((-1,) + x.shape[-2:])
     if factor < 1.0:
-        sigma = (1.0 / factor - 1.0) / 2.0
+        sigma = max((1.0 / factor - 1.0) / 2.0, float(min_sigma))
         stack = ndimage.gaussian_filter(stack, sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
     out_hw = _output_shape(stack.shape[1:], factor)
     inv = 1.0 / factor
@@ -140,6 +149,15 @@ def resample(frames, factor: float, order: int = 1) -> np.ndarray:
     return out.reshape(x.shape[:-2] + out_hw)
 
 
+def to_working(frames, factor: float) -> np.ndarray:
+    """Resample input frames to the working scale by ``factor`` (working pixels per input pixel).
+
+    A shrink is smoothed by at least :data:`WORKING_MIN_SIGMA` input pixels; this is the one
+    resampling that every input frame goes through (training images use :func:`resample`).
+    """
+    return resample(frames, factor, min_sigma=WORKING_MIN_SIGMA)
+
+
 def to_working_scale(frames, pixel_size: float, working_pixel_size: float = 0.2) -> tuple[np.ndarray, float]:
     """Resample frames from ``pixel_size`` to ``working_pixel_size`` (both Angstrom/px).
 
@@ -156,7 +174,7 @@ def to_working_scale(frames, pixel_size: float, working_pixel_size: float = 0.2)
             f"pixel sizes must be positive, got {pixel_size} and {working_pixel_size} Angstrom/px"
         )
     factor = float(pixel_size) / float(working_pixel_size)
-    return resample(frames, factor), factor
+    return to_working(frames, factor), factor
 
 
 def positions_to_input(rows, cols, factor: float) -> tuple[np.ndarray, np.ndarray]:
