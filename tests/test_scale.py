@@ -102,7 +102,7 @@ def _phase_swing(image):
 
 def test_a_shrink_to_the_working_scale_keeps_the_noise_even_across_pixels():
     """At 0.13 -> 0.2 A/px (factor 0.65) linear interpolation alone leaves the noise stronger on the
-    columns that fall on an input pixel; the working scale's least smoothing evens it out.  The
+    columns that fall on an input pixel; the working scale's least smoothing narrows that swing.  The
     training images' own resampling, and shrinks by 0.5 or less, are not changed."""
     noise = np.random.default_rng(3).standard_normal((4000, 400)).astype(np.float32)
     assert _phase_swing(resample(noise, 0.65)) > 1.95  # 2.09: a column on an input pixel keeps all its variance
