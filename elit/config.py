@@ -106,6 +106,11 @@ class LocateConfig(_Strict):
         True, description="Keep a faint detection whose neighbours form a complete lattice shell (elit.vacuum.in_full_shell): "
         "an atom dim by chance in a noisy frame, not a noise cluster in vacuum or at a hole's edge.",
     )
+    lonely_fraction: float = Field(
+        0.6, ge=0.0, lt=1.0, description="Also drop atoms with fewer than two neighbours at the lattice's neighbour "
+        "distance (elit.vacuum.lonely_atoms: a noise cluster in vacuum or a site just outside a hole's edge, not an "
+        "atom of the lattice) whose signal is below this fraction of the frame's median atom; 0 keeps them.",
+    )
     border_fit: bool = Field(
         True, description="Place the atoms cut by the frame border by fitting the frame's whole-blob profile to what is "
         "visible (elit.atoms.fit_border_blobs); their centroids lie inside the frame by up to the blob radius.",

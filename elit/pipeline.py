@@ -793,7 +793,7 @@ def finishing_classifier(config):
 
 
 def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate, classifier=None):
-    """Drop faint detections (vacuum), fit the rest on the raw frames, average them over frames, and classify them.
+    """Drop faint detections (vacuum, or outside the lattice), fit the rest on the raw frames, average, classify.
 
     Parameters
     ----------
@@ -802,7 +802,7 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     raw : ndarray, shape (N, H, W)
         The frames at their own pixel size ``raw_px``.
     locate : LocateConfig
-        ``faint_fraction``, ``keep_faint_in_lattice``, ``refine``, ``positions``, ``average_frames`` (with
+        ``faint_fraction``, ``keep_faint_in_lattice``, ``lonely_fraction``, ``refine``, ``positions``, ``average_frames`` (with
         ``max_motion_A`` and ``fill_gaps``) and ``classify``.
     classifier : Classifier or None
         Names the classes of a single-class table when ``locate.classify`` is on.
@@ -814,22 +814,26 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     record : dict
         What was done (stored as the predict step's ``location``).
     """
-    from elit.vacuum import faint_atoms
+    from elit.vacuum import in_full_shell, lonely_atoms, signal_share
 
     to_raw = working_px / raw_px
     on_raw = atoms.scaled(to_raw)
-    faint = faint_atoms(raw, on_raw, raw_px, locate.faint_fraction)
-    record: dict[str, Any] = {"faint_fraction": locate.faint_fraction}
+    share = signal_share(raw, on_raw, raw_px) if locate.faint_fraction or locate.lonely_fraction else None
+    faint = share < locate.faint_fraction if locate.faint_fraction else np.zeros(len(on_raw), dtype=bool)
+    record: dict[str, Any] = {"faint_fraction": locate.faint_fraction, "lonely_fraction": locate.lonely_fraction}
     if locate.keep_faint_in_lattice and faint.any():
-        from elit.vacuum import in_full_shell
-
         in_lattice = in_full_shell(on_raw, faint)
         faint &= ~in_lattice
         record["faint_kept_in_lattice"] = int(in_lattice.sum())
     record["faint_dropped"] = int(faint.sum())
-    if faint.any():
-        log.info("dropped %d of %d atoms as too faint for atoms (vacuum)", int(faint.sum()), len(atoms))
-    on_raw = on_raw.select(~faint)
+    lonely = np.zeros(len(on_raw), dtype=bool)
+    if locate.lonely_fraction and len(on_raw):
+        lonely = ~faint & (share < locate.lonely_fraction) & lonely_atoms(on_raw, np.shape(raw)[-2:])
+        record["lonely_dropped"] = int(lonely.sum())
+    if faint.any() or lonely.any():
+        log.info("dropped %d of %d atoms as too faint for atoms (vacuum) and %d faint ones outside the lattice",
+                 int(faint.sum()), len(atoms), int(lonely.sum()))
+    on_raw = on_raw.select(~(faint | lonely))
     if locate.refine and len(on_raw):
         from elit.localize import recentre_network, refine_on_frames
 

@@ -10,7 +10,11 @@ of their frame's median atom.  On a multislice graphene movie at 2e4 e/A^2
 detections in the hole and 9 of about 3,300 true atoms.  At that dose some
 lattice atoms are dim by chance; :func:`in_full_shell` keeps a faint detection
 whose neighbours form a complete lattice shell, which a noise cluster in vacuum
-(or at a hole's edge) does not have.
+(or at a hole's edge) does not have.  At 1e4 e/A^2 a dim lattice atom holds only a
+few counts more than a cluster of stray counts in a hole, so some clusters pass the
+cut; :func:`lonely_atoms` finds the detections with fewer than two neighbours at the
+lattice's neighbour distance (every atom of a lattice, even on a hole's edge, has two
+or more), which the pipeline drops when they are also dim (``locate.lonely_fraction``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from scipy.spatial import cKDTree
 from elit.data import AtomTable
 from elit.errors import InputError
 
-__all__ = ["atom_signal", "faint_atoms", "in_full_shell"]
+__all__ = ["atom_signal", "faint_atoms", "in_full_shell", "lonely_atoms", "signal_share"]
 
 
 def atom_signal(raw_frames, atoms: AtomTable, pixel_size_A: float, sigma_A: float = 0.45) -> np.ndarray:
@@ -63,25 +67,34 @@ def _smoothed_frames(frames: np.ndarray, atoms: AtomTable, pixel_size_A: float, 
         yield int(f), np.flatnonzero(atoms.frame == f), smooth
 
 
-def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: float, sigma_A: float = 0.45) -> np.ndarray:
-    """Boolean mask of atoms whose signal above the frame's dark level is below ``fraction`` of the median atom's.
+def signal_share(raw_frames, atoms: AtomTable, pixel_size_A: float, sigma_A: float = 0.45) -> np.ndarray:
+    """Every atom's matched-filter signal above its frame's dark level, as a share of the frame's median atom's.
 
     The dark level is the 1st percentile of the smoothed frame (vacuum or the
     space between atoms), so a constant background does not hide a faint atom.
-    ``fraction`` 0 flags nothing.
+    A frame whose median atom is not above the dark level gives NaN.
     """
-    if not 0 <= fraction < 1:
-        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
-    flags = np.zeros(len(atoms), dtype=bool)
-    if fraction == 0 or len(atoms) == 0:
-        return flags
+    share = np.full(len(atoms), np.nan)
     for _f, idx, smooth in _smoothed_frames(_stack(raw_frames), atoms, pixel_size_A, sigma_A):
         signal = ndimage.map_coordinates(smooth, [atoms.row[idx], atoms.col[idx]], order=1, mode="nearest")
         dark = float(np.percentile(smooth, 1.0))
         typical = float(np.median(signal)) - dark
         if typical > 0:
-            flags[idx] = signal - dark < fraction * typical
-    return flags
+            share[idx] = (signal - dark) / typical
+    return share
+
+
+def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: float, sigma_A: float = 0.45) -> np.ndarray:
+    """Boolean mask of atoms whose :func:`signal_share` is below ``fraction``; ``fraction`` 0 flags nothing."""
+    _check_fraction(fraction)
+    if fraction == 0 or len(atoms) == 0:
+        return np.zeros(len(atoms), dtype=bool)
+    return signal_share(raw_frames, atoms, pixel_size_A, sigma_A) < fraction
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction < 1:
+        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
 
 
 def in_full_shell(atoms: AtomTable, candidates: np.ndarray, tol: float = 0.2, min_atoms: int = 10) -> np.ndarray:
@@ -127,4 +140,44 @@ def in_full_shell(atoms: AtomTable, candidates: np.ndarray, tol: float = 0.2, mi
         d = tree.query(pos[test], k=k - 1, distance_upper_bound=hi)[0].reshape(len(test), -1)
         ring = ((d >= lo) & (d <= hi)).sum(axis=1)
         out[test] = (ring >= max(z, 2)) & (d[:, 0] >= lo)
+    return out
+
+
+def lonely_atoms(atoms: AtomTable, shape: tuple[int, int], tol: float = 0.2, min_atoms: int = 10) -> np.ndarray:
+    """Which atoms have fewer than two neighbours at the lattice's neighbour distance.
+
+    Per frame, the lattice's neighbour distance ``d`` is the median
+    nearest-neighbour distance of its atoms; a neighbour lies within
+    ``(1 +- tol) d``.  An atom of a lattice has two or more, even on a hole's
+    edge; a noise cluster in vacuum, or a site just outside the edge, has at most
+    one.  Atoms closer than ``(1 + tol) d`` to the frame border (whose shell the
+    frame cuts) and frames with fewer than ``min_atoms`` atoms are never lonely.
+
+    Parameters
+    ----------
+    atoms : AtomTable
+        All detections (any pixel size).
+    shape : tuple of int
+        ``(H, W)`` of the frames, in the atoms' pixels.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    out = np.zeros(len(atoms), dtype=bool)
+    pos = atoms.positions()
+    h, w = shape
+    for f in np.unique(atoms.frame):
+        idx = np.flatnonzero(atoms.frame == f)
+        if len(idx) < min_atoms:
+            continue
+        tree = cKDTree(pos[idx])
+        k = min(7, len(idx))
+        d = tree.query(pos[idx], k=k)[0][:, 1:]
+        d_nn = float(np.median(d[:, 0]))
+        lo, hi = (1 - tol) * d_nn, (1 + tol) * d_nn
+        ring = ((d >= lo) & (d <= hi)).sum(axis=1)
+        r, c = pos[idx, 0], pos[idx, 1]
+        inside = (r >= hi - 0.5) & (c >= hi - 0.5) & (r <= h - 0.5 - hi) & (c <= w - 0.5 - hi)
+        out[idx] = (ring < 2) & inside
     return out
