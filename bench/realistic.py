@@ -12,8 +12,8 @@ iteration's atoms from ``r.h5`` and scores them against the exact truth:
   frame's own positions, before `locate.average_frames` averages an atom over the frames it was seen in);
 * graphene: Si recall and precision by class (the predicted class named ``Si``, else the
   brighter predicted class); perovskite: A/B class accuracy (names ``A``/``B``, else brightness);
-* atoms in the hole (unmatched detections inside the hole mask) and detections on the
-  amorphous patch, per frame.
+* atoms in the hole (false detections, as counted in precision, inside the hole mask) and
+  detections on the amorphous patch, per frame.
 
 Left out of scoring ("don't care"): true lattice atoms inside the amorphous mask (the patch
 outline + 0.5 A); unmatched detections inside it, or within 0.5 A of such an atom or of an amorphous
@@ -194,7 +194,7 @@ def score(movie, pred: AtomTable) -> dict:
         fpf = int((fp_mask & (pred.frame == f)).sum())
         fnf = int((fn_mask & (truth.frame == f)).sum())
         out["f1_per_frame"].append(2 * tpf / (2 * tpf + fpf + fnf) if tpf + fpf + fnf else float("nan"))
-        out["hole_atoms_per_frame"].append(int((p_in_hole & ~p_matched & (pred.frame == f)).sum()))
+        out["hole_atoms_per_frame"].append(int((p_in_hole & fp_mask & (pred.frame == f)).sum()))
         out["patch_atoms_per_frame"].append(int((p_in_patch & (pred.frame == f)).sum()))
         out["patch_true_per_frame"].append(int((movie.amorphous.frame == f).sum()))
     out["hole_atoms"] = int(sum(out["hole_atoms_per_frame"]))
