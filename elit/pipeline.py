@@ -828,7 +828,8 @@ def finish_atoms(atoms: AtomTable, raw, raw_px: float, working_px: float, locate
     record["faint_dropped"] = int(faint.sum())
     lonely = np.zeros(len(on_raw), dtype=bool)
     if locate.lonely_fraction and len(on_raw):
-        lonely = ~faint & (share < locate.lonely_fraction) & lonely_atoms(on_raw, np.shape(raw)[-2:])
+        rest = np.flatnonzero(~faint)  # neighbours are counted among the atoms that stay
+        lonely[rest] = (share[rest] < locate.lonely_fraction) & lonely_atoms(on_raw.select(~faint), np.shape(raw)[-2:])
         record["lonely_dropped"] = int(lonely.sum())
     if faint.any() or lonely.any():
         log.info("dropped %d of %d atoms as too faint for atoms (vacuum) and %d faint ones outside the lattice",
