@@ -105,13 +105,14 @@ def test_finishing_drops_a_dim_detection_in_a_hole_and_keeps_the_hole_s_edge():
     rng = np.random.default_rng(1)
     r, c = np.rint(stray[0] / PX).astype(int)
     np.add.at(raw[0], (r + rng.integers(-2, 3, 4), c + rng.integers(-2, 3, 4)), 1)
-    empty = stray + np.array([[1.42, 0.0]])  # a detection on no counts one bond away: dropped as faint first
-    table = _table(np.vstack([atoms_A, stray, empty]) / PX)
+    # two detections on no counts a bond away from it: dropped as faint first, so no neighbours of the stray
+    empty = stray + 1.42 * np.array([[1.0, 0.0], [-0.5, 0.866]])
+    table = _table(np.vstack([atoms_A, empty, stray]) / PX)
     plain = dict(refine=False, average_frames=0, classify=False)
     kept, record = finish_atoms(table, raw, PX, PX, LocateConfig(**plain))
-    assert 0.4 < signal_share(raw, table, PX)[-2] < 0.6  # too bright for the faint cut alone
-    assert record["lonely_dropped"] == 1  # the faint detection beside it is no neighbour: it does not stay
-    assert len(kept) == len(atoms_A) + 1 - record["faint_dropped"]  # the lonely one was the stray counts
+    assert 0.4 < signal_share(raw, table, PX)[-1] < 0.6  # too bright for the faint cut alone
+    assert record["lonely_dropped"] == 1  # the faint detections beside it are no neighbours: they do not stay
+    assert len(kept) == len(atoms_A) + 2 - record["faint_dropped"]  # the lonely one was the stray counts
     assert np.hypot(kept.row - stray[0, 0] / PX, kept.col - stray[0, 1] / PX).min() > 10
     kept_all, record_all = finish_atoms(table, raw, PX, PX, LocateConfig(lonely_fraction=0, **plain))
     assert "lonely_dropped" not in record_all
