@@ -109,7 +109,8 @@ class LocateConfig(_Strict):
     lonely_fraction: float = Field(
         0.6, ge=0.0, lt=1.0, description="Also drop atoms with fewer than two neighbours at the lattice's neighbour "
         "distance (elit.vacuum.lonely_atoms: a noise cluster in vacuum or a site just outside a hole's edge, not an "
-        "atom of the lattice) whose signal is below this fraction of the frame's median atom; 0 keeps them.",
+        "atom of the lattice) whose signal is below this fraction of the frame's median atom; near a frame border one "
+        "neighbour fewer is needed, in a corner none; 0 keeps them.",
     )
     border_fit: bool = Field(
         True, description="Place the atoms cut by the frame border by fitting the frame's whole-blob profile to what is "

@@ -97,6 +97,22 @@ def _check_fraction(fraction: float) -> None:
         raise InputError(f"fraction must lie in [0, 1), got {fraction}")
 
 
+def _lattice_band(ref: np.ndarray, tol: float) -> tuple[cKDTree, float, float]:
+    """A KD-tree of the positions ``ref`` and their neighbour band ``(1 -+ tol) d`` (``d``: median nearest-neighbour distance)."""
+    tree = cKDTree(ref)
+    d_nn = float(np.median(tree.query(ref, k=2)[0][:, 1]))
+    return tree, (1 - tol) * d_nn, (1 + tol) * d_nn
+
+
+def _ring(tree: cKDTree, query: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """How many points of ``tree`` lie within ``[lo, hi]`` of each of ``query``, and the nearest one's distance.
+
+    A query point that is itself in the tree (distance 0) is not counted in the ring.
+    """
+    d = tree.query(query, k=13, distance_upper_bound=hi)[0]
+    return ((d >= lo) & (d <= hi)).sum(axis=1), d[:, 0]
+
+
 def in_full_shell(atoms: AtomTable, candidates: np.ndarray, tol: float = 0.2, min_atoms: int = 10) -> np.ndarray:
     """Which ``candidates`` have a complete shell of neighbours among the other atoms of their frame.
 
@@ -131,15 +147,10 @@ def in_full_shell(atoms: AtomTable, candidates: np.ndarray, tol: float = 0.2, mi
         sure, test = idx[~candidates[idx]], idx[candidates[idx]]
         if len(sure) < min_atoms:
             continue
-        tree = cKDTree(pos[sure])
-        d_nn = float(np.median(tree.query(pos[sure], k=2)[0][:, 1]))
-        lo, hi = (1 - tol) * d_nn, (1 + tol) * d_nn
-        k = min(13, len(sure))
-        d_sure = tree.query(pos[sure], k=k, distance_upper_bound=hi)[0][:, 1:]
-        z = int(np.median(((d_sure >= lo) & (d_sure <= hi)).sum(axis=1)))
-        d = tree.query(pos[test], k=k - 1, distance_upper_bound=hi)[0].reshape(len(test), -1)
-        ring = ((d >= lo) & (d <= hi)).sum(axis=1)
-        out[test] = (ring >= max(z, 2)) & (d[:, 0] >= lo)
+        tree, lo, hi = _lattice_band(pos[sure], tol)
+        z = int(np.median(_ring(tree, pos[sure], lo, hi)[0]))
+        ring, nearest = _ring(tree, pos[test], lo, hi)
+        out[test] = (ring >= max(z, 2)) & (nearest >= lo)
     return out
 
 
@@ -150,8 +161,10 @@ def lonely_atoms(atoms: AtomTable, shape: tuple[int, int], tol: float = 0.2, min
     nearest-neighbour distance of its atoms; a neighbour lies within
     ``(1 +- tol) d``.  An atom of a lattice has two or more, even on a hole's
     edge; a noise cluster in vacuum, or a site just outside the edge, has at most
-    one.  Atoms closer than ``(1 + tol) d`` to the frame border (whose shell the
-    frame cuts) and frames with fewer than ``min_atoms`` atoms are never lonely.
+    one.  Each frame border closer than ``(1 + tol) d`` may hide one of an atom's
+    neighbours, so such an atom needs one neighbour fewer: one near a single
+    border is lonely only with none, one in a corner never.  Frames with fewer
+    than ``min_atoms`` atoms have no lonely atoms.
 
     Parameters
     ----------
@@ -171,13 +184,9 @@ def lonely_atoms(atoms: AtomTable, shape: tuple[int, int], tol: float = 0.2, min
         idx = np.flatnonzero(atoms.frame == f)
         if len(idx) < min_atoms:
             continue
-        tree = cKDTree(pos[idx])
-        k = min(7, len(idx))
-        d = tree.query(pos[idx], k=k)[0][:, 1:]
-        d_nn = float(np.median(d[:, 0]))
-        lo, hi = (1 - tol) * d_nn, (1 + tol) * d_nn
-        ring = ((d >= lo) & (d <= hi)).sum(axis=1)
+        tree, lo, hi = _lattice_band(pos[idx], tol)
+        ring = _ring(tree, pos[idx], lo, hi)[0]
         r, c = pos[idx, 0], pos[idx, 1]
-        inside = (r >= hi - 0.5) & (c >= hi - 0.5) & (r <= h - 0.5 - hi) & (c <= w - 0.5 - hi)
-        out[idx] = (ring < 2) & inside
+        borders = (r < hi - 0.5).astype(int) + (c < hi - 0.5) + (r > h - 0.5 - hi) + (c > w - 0.5 - hi)
+        out[idx] = ring < 2 - borders
     return out

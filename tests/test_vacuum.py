@@ -75,14 +75,18 @@ def test_lonely_detections_are_those_in_vacuum_or_off_a_holes_edge_and_not_the_e
     assert lonely[n:].all()
 
 
-def test_atoms_whose_shell_the_frame_cuts_are_never_lonely():
-    pos_A = np.array([[0.3, 20.0], [20.0, 39.6], [20.0, 20.0]])  # two on the border, one alone in the middle
+def test_the_frame_border_hides_one_neighbour_per_border_and_no_more():
     lattice = graphene_positions((40.0, 40.0), margin=0.0)
-    lattice = lattice[np.hypot(*(lattice - 20.0).T) > 8.0]
-    lattice = lattice[(np.abs(lattice - 20.0).max(axis=1) < 14.0)]  # keep clear of the two border detections
-    pos = np.vstack([lattice, pos_A]) / PX
+    assert not lonely_atoms(_table(lattice / PX), (400, 400)).any()  # the border cuts shells: no atom is lonely
+    cleared = lattice[(np.abs(lattice - 20.0).max(axis=1) < 14.0) & (np.hypot(*(lattice - 20.0).T) > 8.0)]
+    alone = np.array([[0.3, 20.0], [20.0, 39.6], [20.0, 20.0]])  # on a border with no neighbour, and in the middle
+    pair = np.array([[0.5, 8.0], [0.5, 9.42]])  # on a border, a bond apart: one neighbour each
+    corner = np.array([[0.4, 39.5]])  # two borders may hide two neighbours
+    pos = np.vstack([cleared, alone, pair, corner]) / PX
     lonely = lonely_atoms(_table(pos), (400, 400))
-    assert lonely[-1] and not lonely[-3:-1].any()
+    n = len(cleared)
+    assert lonely[n:n + 3].all()
+    assert not lonely[n + 3:].any()
 
 
 def _counts_frame(atoms_A: np.ndarray, shape=(300, 300), sigma_A=0.35, seed=0) -> np.ndarray:
