@@ -86,15 +86,11 @@ def signal_share(raw_frames, atoms: AtomTable, pixel_size_A: float, sigma_A: flo
 
 def faint_atoms(raw_frames, atoms: AtomTable, pixel_size_A: float, fraction: float, sigma_A: float = 0.45) -> np.ndarray:
     """Boolean mask of atoms whose :func:`signal_share` is below ``fraction``; ``fraction`` 0 flags nothing."""
-    _check_fraction(fraction)
+    if not 0 <= fraction < 1:
+        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
     if fraction == 0 or len(atoms) == 0:
         return np.zeros(len(atoms), dtype=bool)
     return signal_share(raw_frames, atoms, pixel_size_A, sigma_A) < fraction
-
-
-def _check_fraction(fraction: float) -> None:
-    if not 0 <= fraction < 1:
-        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
 
 
 def _lattice_band(ref: np.ndarray, tol: float) -> tuple[cKDTree, float, float]:
