@@ -170,16 +170,19 @@ def _gauss_newton(padded, valid, pad, r, c, b, amp, s, slope, radius, iterations
         g = np.exp(-d2 / (2 * s[:, None] ** 2))
         ur, uc = rr - r[:, None], cc - c[:, None]
         e = (vals - b[:, None] - amp[:, None] * g - slope[:, :1] * ur - slope[:, 1:] * uc) * m
-        jac = [np.ones_like(g), g, amp[:, None] * g * ur / s[:, None] ** 2 + slope[:, :1],
-               amp[:, None] * g * uc / s[:, None] ** 2 + slope[:, 1:]]
+        jm = np.empty((len(r), n_par, g.shape[1]))  # (atoms, parameters, pixels), masked
+        jm[:, 0] = m
+        np.multiply(g, m, out=jm[:, 1])
+        ag = amp[:, None] * jm[:, 1] / s[:, None] ** 2
+        jm[:, 2] = ag * ur + slope[:, :1] * m
+        jm[:, 3] = ag * uc + slope[:, 1:] * m
         if not fixed_sigma:
-            jac.append(amp[:, None] * g * d2 / s[:, None] ** 3)
+            jm[:, 4] = ag * d2 / s[:, None]
         if tilt:
-            jac += [ur, uc]
-        jm = np.stack(jac, axis=2) * m[:, :, None]  # (atoms, pixels, parameters)
-        jt = jm.transpose(0, 2, 1)
-        jtj = jt @ jm
-        jte = (jt @ e[:, :, None])[..., 0]
+            np.multiply(ur, m, out=jm[:, -2])
+            np.multiply(uc, m, out=jm[:, -1])
+        jtj = jm @ jm.transpose(0, 2, 1)  # the mask is 0 or 1: masking both factors masks once
+        jte = (jm @ e[:, :, None])[..., 0]
         diag = np.diagonal(jtj, axis1=1, axis2=2)
         jtj = jtj + (1e-3 * diag + 1e-12)[:, :, None] * np.eye(n_par)[None]
         with np.errstate(all="ignore"):
