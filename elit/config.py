@@ -75,7 +75,7 @@ class IterationConfig(_Strict):
         "distance falls by more than this.",
     )
     max_rate_drop: float = Field(
-        0.01, ge=0.0, le=1.0, description="The guard rejects an iteration whose detection rate (with expected_density) "
+        0.0, ge=0.0, le=1.0, description="The guard rejects an iteration whose detection rate (with expected_density) "
         "falls by more than this (a share of the lattice's sites), unless the lost atoms were in vacuum or duplicates.",
     )
     min_kept_share: float = Field(

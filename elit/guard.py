@@ -84,7 +84,7 @@ def judge_iteration(
     duplicate_factor: float = 0.6,
     confirm_share: float = 0.8,
     detection_rates: tuple[float | None, float | None] | None = None,
-    max_rate_drop: float = 0.01,
+    max_rate_drop: float = 0.0,
 ) -> GuardDecision:
     """Decide, without labels, whether ``new`` atoms may replace ``prev``.
 
@@ -107,7 +107,7 @@ def judge_iteration(
         lattice site; None when unknown).
     max_rate_drop : float
         Largest fall of the detection rate accepted without confirmation (a share of the lattice's
-        sites; smaller falls are the churn between two iterations at a hole's edge and in disorder).
+        sites).
 
     Returns
     -------
