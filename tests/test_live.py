@@ -298,11 +298,13 @@ def test_live_writer_refuses_other_frame_sizes_and_existing_files(ensemble, movi
 # ------------------------------------------------------------------ watching a folder
 
 
-def _write_frames_slowly(folder, frames, pause, start_delay):
+def _write_frames_slowly(folder, frames, pause, start_delay, seen_half=None):
     """Write each frame as an ImageJ TIFF (0.2 A/px) in two halves with a pause between.
 
     The pause is several polls long, so the watcher finds a half-written file
     that looks finished; it must fail to read it and take it once it is whole.
+    ``seen_half``: a callable; the first frame's second half waits (at most 30 s)
+    until it returns True, so a busy machine cannot make the watcher miss the half file.
     """
     import io
 
@@ -315,6 +317,9 @@ def _write_frames_slowly(folder, frames, pause, start_delay):
             fh.write(data[: len(data) // 2])
             fh.flush()
             time.sleep(pause)
+            deadline = time.monotonic() + 30
+            while i == 0 and seen_half is not None and not seen_half() and time.monotonic() < deadline:
+                time.sleep(0.05)
             fh.write(data[len(data) // 2 :])
         (folder / f"notes_{i}.txt").write_text("not an image")  # does not match the pattern
         time.sleep(pause / 2)
@@ -331,8 +336,9 @@ def test_watch_processes_each_frame_once_and_follows_the_drift(run_file, movie, 
     folder.mkdir()
     out = tmp_path / "live.h5"
     reader = _start_reader_and_wait(out, 30)
-    writer = threading.Thread(target=_write_frames_slowly, args=(folder, movie, 0.2, 0.1), daemon=True)
     lines: list[str] = []
+    seen_half = lambda: any(line.startswith("waiting for frame_000") for line in lines)  # noqa: E731
+    writer = threading.Thread(target=_write_frames_slowly, args=(folder, movie, 0.2, 0.1, seen_half), daemon=True)
     writer.start()
     n = watch(run_file, folder, "*.tif", out=out, poll=0.05, stop_when_idle=1.5, timeout=60, log=lines.append,
               figure=tmp_path / "drift.png")
