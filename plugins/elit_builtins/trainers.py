@@ -413,7 +413,7 @@ class _Context:
     """Per-fit settings shared by the members.
 
     On the CPU, networks and inputs are channels-last: a training step of the default
-    8-filter U-Net (8 x 64^2 patches, 2 cores) takes about a fifth less time than in NCHW.
+    8-filter U-Net (8 x 64^2 patches, 2 cores) takes about a quarter less time than in NCHW.
     """
 
     def __init__(self, **kw) -> None:
