@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from elit.devices import resolve_device
+from elit.devices import prefers_channels_last, resolve_device
 from elit.errors import InputError
 
 FORMAT = "elit.ensemble"
@@ -413,7 +413,7 @@ class Ensemble:
         if amp is None:
             amp = kind == "cuda"
         if channels_last is None:
-            channels_last = kind == "cpu"
+            channels_last = prefers_channels_last(dev)
         n, h, w = frames.shape
         budget = PIXEL_BUDGET.get(kind, PIXEL_BUDGET["cpu"])
         if tile is None:

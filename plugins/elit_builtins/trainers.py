@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from elit.data import IGNORE, TrainingSet
-from elit.devices import resolve_device, set_threads
+from elit.devices import prefers_channels_last, resolve_device, set_threads
 from elit.ensemble import Ensemble, Member, load_matching_state, state_to_arrays
 from elit.errors import ConfigError, InputError
 from elit.losses import LOSSES, activation_for, make_loss, output_channels, resolve_loss
@@ -292,10 +292,9 @@ class MultiSWATrainer(EnsembleTrainer):
             model.to(dev)
             if ctx.memory_format is not None:
                 model.to(memory_format=ctx.memory_format)
-            # the fused kernel: 0.75 ms a step against 3.6 ms for the per-tensor loop (default net, 2 cores)
-            opt = torch.optim.Adam(
-                model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=dev.type in ("cpu", "cuda")
-            )
+            # the fused kernel (CPU and CUDA, the devices resolve_device allows): 0.75 ms a step against 3.6 ms
+            # for the per-tensor loop (default net, 2 cores)
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
             sampler = PatchSampler(ctx.train[0], ctx.train[1], cfg.patch_size, cfg.batch_size, rng, cfg.flips)
             history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": [], "val_iou": []}
             end = cfg.warm_steps if (warm and cfg.warm_steps) else cfg.steps
@@ -418,7 +417,7 @@ class _Context:
 
     def __init__(self, **kw) -> None:
         self.__dict__.update(kw)
-        self.memory_format = torch.channels_last if self.dev.type == "cpu" else None
+        self.memory_format = torch.channels_last if prefers_channels_last(self.dev) else None
 
     def as_input(self, images: np.ndarray) -> torch.Tensor:
         """Return a ``(B, H, W)`` batch as a ``(B, 1, H, W)`` network input on the device."""
