@@ -353,8 +353,10 @@ def test_watch_processes_each_frame_once_and_follows_the_drift(run_file, movie, 
         assert "atoms, members [" in line and " s" in line and "noise" in line and "sharpness" in line
     # the log shows the member set changing with the drift
     members = [json.loads(re.search(r"members (\[[\d, ]+\]) of 2", line).group(1)) for line in frame_lines]
-    # (the last frame is blurred beyond both members' training: which one scores best there is arbitrary)
+    # the last frame is blurred beyond both members' training: which one scores best there is arbitrary, but only
+    # that one is used (as in the analyzer test)
     assert all(0 in m for m in members[:N_SHARP]) and all(m == [1] for m in members[N_SHARP:-1])
+    assert len(members[-1]) == 1
     assert all("members [1] of 2" in line and "RETRAIN" not in line for line in frame_lines[N_SHARP:-1])
     assert "RETRAIN: no member scores >= 0.50" in frame_lines[-1]
     assert lines[-2].startswith("no new frame for 1.5 s: 8 frame(s) analysed")
