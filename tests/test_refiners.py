@@ -115,6 +115,19 @@ def test_training_set_crops_masks_and_positions_agree(scene):
         assert np.mean(ts.images[s, r, c] > np.median(ts.images[s])) > 0.9
 
 
+def test_crops_keep_the_frames_scale(scene):
+    """A crop is not stretched on its own: the network is retrained on what it sees when it predicts a whole frame."""
+    frames, preds, atoms = scene
+    frames = frames.copy()
+    frames[:, :, :40] = frames.min() - 1.0  # a vacuum strip, much darker than the lattice's background
+    ref = GmmPatchRefiner(n_samples=24, crop_A=6.4, noise_max=0.0, scale_jitter=0.0, rotate=False, flip=False,
+                          avoid_dropped=False).refine(frames, preds, Selection([0], np.ones(1)), atoms,
+                                                      np.random.default_rng(4), PX)
+    low = np.percentile(ref.training_set.images, 0.5, axis=(1, 2))
+    assert low.min() < 0.05  # crops over the vacuum reach the frame's floor
+    assert low.max() > 0.2  # crops of lattice alone keep its background above the vacuum (stretched alone: 0)
+
+
 def test_scale_jitter_and_noise_keep_masks_round(scene):
     frames, preds, atoms = scene
     ref = UncertaintyRefiner(n_samples=6, crop_A=9.6, scale_jitter=0.2, noise_max=0.2).refine(

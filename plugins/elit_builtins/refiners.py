@@ -18,8 +18,11 @@ Both refiners share the same steps (ELIT method step 6):
 4. **Crops.**  ``n_samples`` random square crops of ``crop_A`` with small
    scale jitter, ±90° rotations and flips (image and mask alike; masks are
    redrawn at the transformed positions, so discs stay round) and Gaussian
-   noise of random strength (image only), each normalised with
-   :func:`elit.scale.normalize`.  Crops whose area lies more than
+   noise of random strength (image only).  Crops keep the scale of their
+   frame, normalised as a whole with :func:`elit.scale.normalize` (as the
+   ensemble sees it when it predicts): a crop normalised on its own is
+   stretched differently, most where it holds vacuum, and a network retrained
+   on such crops lost the atoms on a hole's edge.  Crops whose area lies more than
    ``max_dropped_fraction`` near dropped atoms are avoided (redrawn), so the
    networks are not taught "background" on large amorphous regions.
 """
@@ -222,7 +225,7 @@ class _ExperimentRefiner(Refiner):
             img, lab, pos = _rot_flip(img, lab, pos, k, flip)
             if cfg.noise_max > 0:
                 img = img + rng.normal(0.0, rng.uniform(0, cfg.noise_max), img.shape).astype(np.float32)
-            images[s] = normalize(img)
+            images[s] = img  # the frame's scale, not the crop's own: see the module docstring
             labels[s] = lab
             inside = np.all((pos >= -0.5) & (pos < side - 0.5), axis=1)
             tables.append(
