@@ -60,6 +60,8 @@ def _as_bytes(value) -> list[bytes]:
         return [value]
     if isinstance(value, str):
         return [value.encode("utf-8", "surrogateescape")]
+    if isinstance(value, np.void) and value.dtype.names:  # a compound: each field (an HDF5 reference's bytes are an address)
+        return [b for name in value.dtype.names for b in _as_bytes(value[name])]
     if isinstance(value, np.void):
         return [value.tobytes()]
     if isinstance(value, np.ndarray) and value.dtype.kind in "OSUV":
@@ -122,7 +124,13 @@ def test_scanner_finds_planted_pickles(tmp_path):
         f["clean"] = np.arange(4.0)
         f["clean"].attrs["model"] = np.void(pickle.dumps(np.arange(3), protocol=2))
         f.attrs["state"] = np.void(blob)
+        f["clean"].attrs["table"] = np.array([(blob[:40], 1)], dtype=[("payload", "S40"), ("n", "<i4")])
+        f["scale"] = np.arange(4.0)  # a dimension scale: compound REFERENCE_LIST attributes (references, not bytes)
+        f["scale"].make_scale()
+        f["clean"].dims[0].attach_scale(f["scale"])
     findings = pickle_findings(path)
+    assert any("/clean@table" in x for x in findings)  # a compound's bytes field is read
+    assert not any("/scale" in x for x in findings)
     assert any("/opaque" in x for x in findings)
     assert any("/clean@model" in x for x in findings)
     assert any("/@state" in x for x in findings)
