@@ -187,3 +187,25 @@ def test_the_drift_is_found_wherever_it_falls_among_the_vote_bins():
         atoms, _, _ = movie_atoms(n_frames=2, drift_A=tuple(drift_A), noise_A=0.1, seed=k)
         shift_px = link_frames(atoms, PX, window=1).maps[(0, 1)][2]
         assert np.hypot(*(shift_px - drift_A / PX)) < 1.0, (k, drift_A)
+
+
+def test_a_drift_beyond_half_a_lattice_vector_is_found_from_what_is_not_lattice():
+    # a field of view on a larger sheet with a hole: shifted by a lattice vector the lattice still matches
+    # itself, and a smaller shift leaves more of the two frames overlapping; only the hole tells them apart
+    from elit.temporal import link_frames
+
+    rng = np.random.default_rng(2)
+    sites = graphene_positions((50.0, 50.0), rotation=0.2, margin=0.0)
+    sites = sites[np.hypot(*(sites - 25.0).T) > 4.0]  # a hole of 4 A radius
+    for k, drift_A in enumerate([(1.6, 0.7), (-1.2, 1.3), (0.4, -1.9), (1.9, -0.3)]):
+        frames = []
+        for f in range(2):
+            pos = sites + np.asarray(drift_A) * f - 10.0  # the sheet moves under a 30 A field of view
+            pos = pos[((pos > 0.0) & (pos < SIZE_A)).all(axis=1)]
+            frames.append(pos + rng.normal(0.0, 0.05, pos.shape))
+        n = [len(x) for x in frames]
+        pos = np.concatenate(frames) / PX
+        atoms = AtomTable(np.repeat([0, 1], n), pos[:, 0], pos[:, 1], np.zeros(sum(n)), np.ones(sum(n)), np.zeros(sum(n)))
+        centre = np.full((1, 2), SIZE_A / 2 / PX)
+        moved = link_frames(atoms, PX, window=1).to_frame(0, 1, centre)[0]
+        assert np.hypot(*(moved - centre[0] - np.asarray(drift_A) / PX)) < 1.0, (k, drift_A, (moved - centre[0]) * PX)
