@@ -231,3 +231,49 @@ def test_class_weights_balance_rare_classes():
     assert tw[2] > tw[1] > tw[0]
     with pytest.raises(ValueError):
         class_weights([-1, 2])
+
+
+def _doped_movie(seed, n_frames=5, same_dopants=True, amp_si=2.5, noise=0.5):
+    """A drifting doped graphene movie at low signal; with ``same_dopants=False`` a stack of separate images instead."""
+    rng = np.random.default_rng(seed)
+    base = graphene_positions((SHAPE[0] * PX, SHAPE[1] * PX), margin=0.0, offset=(0.3, 0.2)) / PX
+    n = len(base)
+    dopants = rng.choice(n, 6, replace=False)
+    frames, rows, truth = [], [], []
+    for f in range(n_frames):
+        if not same_dopants:
+            dopants = rng.choice(n, 6, replace=False)
+        amp = np.ones(n)
+        amp[dopants] = amp_si
+        pos = base + np.array([0.15, -0.1]) / PX * f
+        frames.append(haadf(pos, amp, rng, noise=noise))
+        rows.append(pos + rng.normal(0, 0.2, pos.shape))  # located positions are not exact
+        truth.append(np.isin(np.arange(n), dopants).astype(int))
+    pos = np.concatenate(rows)
+    m = len(pos)
+    atoms = AtomTable(np.repeat(np.arange(n_frames), n), pos[:, 0], pos[:, 1], np.zeros(m), np.ones(m), np.zeros(m))
+    return np.stack(frames), atoms, np.concatenate(truth)
+
+
+def test_a_movie_decides_each_atoms_class_on_all_its_sightings():
+    missed_alone = 0
+    for seed in range(3):
+        frames, atoms, truth = _doped_movie(seed)
+        alone = RelativeClassifier(RelativeClassifier.Config(combine_frames=0)).classify(frames, atoms, PX)
+        combined = RelativeClassifier().classify(frames, atoms, PX)
+        missed_alone += int(np.sum((alone.class_index == 0) & (truth == 1)))
+        assert np.array_equal(combined.class_index, truth), seed
+    assert missed_alone >= 3  # one frame alone misses dopants at this signal
+
+
+def test_a_stack_of_separate_images_is_not_combined():
+    from elit_builtins.classifiers import combine_over_frames
+
+    frames, atoms, truth = _doped_movie(0, same_dopants=False, noise=0.2)
+    alone = RelativeClassifier(RelativeClassifier.Config(combine_frames=0)).classify(frames, atoms, PX)
+    out = RelativeClassifier().classify(frames, atoms, PX)
+    assert np.array_equal(out.class_index, alone.class_index) and np.array_equal(out.class_index, truth)
+    loglik = np.zeros((len(atoms), 2))
+    assert combine_over_frames(loglik, truth, atoms, PX, window=3)[1] == 0
+    movie_frames, movie_atoms, movie_truth = _doped_movie(0, noise=0.2)
+    assert combine_over_frames(loglik, movie_truth, movie_atoms, PX, window=3)[1] > 0
