@@ -33,6 +33,8 @@ darkest to brightest.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from pydantic import Field, model_validator
 from scipy import ndimage
@@ -41,6 +43,8 @@ from scipy.stats import poisson
 from elit.data import AtomTable
 from elit.errors import InputError
 from elit.stages import Classifier, StageConfig
+
+log = logging.getLogger("elit")
 
 
 class _MeasureConfig(StageConfig):
@@ -579,7 +583,9 @@ class RelativeClassifier(Classifier):
         if cfg.combine_frames and len(fit["means"]) > 1:
             mu, sd, wt = (np.asarray(fit[k], dtype=np.float64) for k in ("means", "sds", "weights"))
             loglik = -0.5 * ((values[:, None] - mu) / sd) ** 2 - np.log(sd)
-            total, _ = combine_over_frames(loglik, labels, atoms, pixel_size, cfg.combine_frames)
+            total, pairs = combine_over_frames(loglik, labels, atoms, pixel_size, cfg.combine_frames)
+            if pairs:
+                log.info("classes decided on every atom's sightings in %d linked pairs of frames", pairs)
             logpost = total + np.log(np.maximum(wt, 1e-12))
             post = np.exp(logpost - logpost.max(axis=1, keepdims=True))
             post /= post.sum(axis=1, keepdims=True)
