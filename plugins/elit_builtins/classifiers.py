@@ -548,7 +548,8 @@ class RelativeClassifier(Classifier):
         )
         combine_frames: int = Field(
             3, description="in a movie, decide each atom's class on the evidence of its sightings in up to this many "
-            "frames on each side, linked as locate.average_frames links them (elit.temporal); 0: each frame alone",
+            "frames on each side, linked as elit.temporal links them for locate.average_frames (gate at most 0.3 A); 0: each "
+            "frame alone",
             ge=0, le=1000,
         )
         class_map: list[int] | None = Field(
