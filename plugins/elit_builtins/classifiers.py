@@ -385,14 +385,24 @@ MARGINAL_SEPARATION = 0.75
 kept only on strong evidence (``min_evidence``)."""
 
 
-def _posterior(x, mu, sd, wt):
-    """Hard labels, posteriors and the mixture's score (log-likelihood less BIC's penalty) for one set of components."""
-    logp = -0.5 * ((x[:, None] - mu) / sd) ** 2 - np.log(sd) + np.log(np.maximum(wt, 1e-12))
+def _component_loglik(x, mu, sd):
+    """Log-likelihood of each value under each Gaussian component, ``(n, k)``, less the constant."""
+    return -0.5 * ((x[:, None] - mu) / sd) ** 2 - np.log(sd)
+
+
+def _normalise(logp):
+    """Posteriors from unnormalised log-probabilities ``(n, k)``, and each row's log normaliser."""
     top = logp.max(axis=1, keepdims=True)
     post = np.exp(logp - top)
     total = post.sum(axis=1, keepdims=True)
     post /= total
-    loglik = float(np.sum(top[:, 0] + np.log(total[:, 0])))
+    return post, top[:, 0] + np.log(total[:, 0])
+
+
+def _posterior(x, mu, sd, wt):
+    """Hard labels, posteriors and the mixture's score (log-likelihood less BIC's penalty) for one set of components."""
+    post, lognorm = _normalise(_component_loglik(x, mu, sd) + np.log(np.maximum(wt, 1e-12)))
+    loglik = float(np.sum(lognorm))
     return post.argmax(axis=1), post, loglik - 0.5 * (3 * len(mu) - 1) * np.log(max(len(x), 2))
 
 
@@ -583,13 +593,11 @@ class RelativeClassifier(Classifier):
         labels, prob, fit = mixture_1d(values, len(names), cfg.min_separation, contrast, min_evidence=cfg.min_evidence)
         if cfg.combine_frames and len(fit["means"]) > 1:
             mu, sd, wt = (np.asarray(fit[k], dtype=np.float64) for k in ("means", "sds", "weights"))
-            loglik = -0.5 * ((values[:, None] - mu) / sd) ** 2 - np.log(sd)
-            total, pairs = combine_over_frames(loglik, labels, atoms, pixel_size, cfg.combine_frames)
+            total, pairs = combine_over_frames(_component_loglik(values, mu, sd), labels, atoms, pixel_size,
+                                               cfg.combine_frames)
             if pairs:
                 log.info("classes decided on every atom's sightings in %d linked pairs of frames", pairs)
-            logpost = total + np.log(np.maximum(wt, 1e-12))
-            post = np.exp(logpost - logpost.max(axis=1, keepdims=True))
-            post /= post.sum(axis=1, keepdims=True)
+            post, _ = _normalise(total + np.log(np.maximum(wt, 1e-12)))
             labels, prob = post.argmax(axis=1).astype(np.int64), post.max(axis=1)
         if cfg.class_map is not None:
             labels = np.asarray(cfg.class_map, dtype=np.int64)[labels]
